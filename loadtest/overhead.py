@@ -1,0 +1,109 @@
+"""What the service costs above Pillow's own work, for the sample photo.
+
+    python -m loadtest.overhead [--rounds N]
+
+Interleaves, round by round so that machine noise hits all alike: Pillow alone (decode, flip,
+encode with the source's tables), service.imaging.flip, and one POST /flip of the same bytes
+to `python -m service` (waitress) on loopback. Prints each median and the ratios.
+
+The in-process work runs on a worker thread, as waitress runs the app: glibc serves a worker
+thread's large allocations from its own arena, while the main thread maps and faults in fresh
+pages for every picture, which makes the same Pillow calls much slower there (also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import io
+import statistics
+import time
+import urllib.parse
+
+from PIL import Image, JpegImagePlugin
+
+from loadtest.local import running_service
+from service import imaging
+from service.sample import make_sample
+
+
+def pillow_alone(data: bytes) -> bytes:
+    im = Image.open(io.BytesIO(data))
+    out = io.BytesIO()
+    im.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(
+        out, "JPEG", qtables=im.quantization, subsampling=JpegImagePlugin.get_sampling(im)
+    )
+    return out.getvalue()
+
+
+def post_flip(connection: http.client.HTTPConnection, data: bytes) -> float:
+    """POST the picture; return the app's own time from X-Response-Time, in seconds."""
+    connection.request("POST", "/flip", body=data, headers={"Content-Type": "image/jpeg"})
+    response = connection.getresponse()
+    body = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"POST /flip answered {response.status}: {body[:200]!r}")
+    return float(response.headers["X-Response-Time"].removesuffix("ms")) / 1000
+
+
+def timed(fn, *args) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
+def timed_post(connection: http.client.HTTPConnection, data: bytes) -> tuple[float, float]:
+    started = time.perf_counter()
+    in_app = post_flip(connection, data)
+    return time.perf_counter() - started, in_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15, help="measured rounds (default 15)")
+    args = parser.parse_args(argv)
+
+    data = make_sample()
+    print(f"sample: 6000x4000 JPEG, {len(data):,} bytes; {args.rounds} rounds after 2 warm-up rounds")
+    with running_service(FLIP_THREADS="1") as service:
+        address = urllib.parse.urlsplit(service.url)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+        worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        times: dict[str, list[float]] = {"pillow": [], "imaging": [], "http": [], "app": [], "main": []}
+        measures = {
+            "pillow": lambda: worker.submit(timed, pillow_alone, data).result(),
+            "imaging": lambda: worker.submit(timed, imaging.flip, data).result(),
+            "http": lambda: timed_post(connection, data),
+            "main": lambda: timed(pillow_alone, data),
+        }
+        names = list(measures)
+        for round_number in range(args.rounds + 2):
+            # Rotate the order each round, so that no measure always follows the same one.
+            shift = round_number % len(names)
+            for name in names[shift:] + names[:shift]:
+                seconds = measures[name]()
+                if name == "http":
+                    seconds, in_app = seconds
+                    if round_number >= 2:
+                        times["app"].append(in_app)
+                if round_number >= 2:
+                    times[name].append(seconds)
+        connection.close()
+        worker.shutdown()
+
+    median = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    print(f"Pillow alone, decode+flip+encode   median {median['pillow']:7.1f} ms")
+    print(f"service.imaging.flip               median {median['imaging']:7.1f} ms"
+          f"   x{median['imaging'] / median['pillow']:.3f} of Pillow alone")
+    print(f"POST /flip to waitress on loopback median {median['http']:7.1f} ms"
+          f"   x{median['http'] / median['pillow']:.3f} of Pillow alone (goal: at most x1.10)")
+    print(f"  of which inside the Flask app    median {median['app']:7.1f} ms"
+          f"   (the rest is waitress and the loopback transfer)")
+    print(f"Pillow alone on the main thread    median {median['main']:7.1f} ms"
+          f"   x{median['main'] / median['pillow']:.3f} (for comparison only)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""The web layer: translates HTTP to and from service.imaging, and nothing more."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from datetime import datetime, timezone
+
+from flask import Flask, Response, abort, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from service import imaging
+from service.config import Settings
+from service.sample import load_sample
+
+access_log = logging.getLogger("flipfleet.access")
+error_log = logging.getLogger("flipfleet.error")
+
+ACCEPTED_TYPES = ("image/*", "application/octet-stream", "multipart/form-data")
+FORM_FIELDS = ("image", "file")  # `file` is what imaginary's clients send
+ERROR_STATUS = {imaging.NotAnImage: 400, imaging.TooLarge: 413, imaging.UnsupportedFormat: 415}
+# A client's request id is echoed into logs and headers, so only a safe, short one is kept.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+STARTED = time.monotonic()
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """The flip service; settings from the environment, then from `test_config`."""
+    settings = Settings.from_env()
+    app = Flask(__name__)
+    app.config.from_mapping(
+        MAX_CONTENT_LENGTH=settings.max_bytes,
+        MAX_PIXELS=settings.max_pixels,
+        MAX_FRAMES=settings.max_frames,
+        MAX_TOTAL_PIXELS=settings.max_total_pixels,
+        SAMPLE_PATH=settings.sample_path,
+        REPLICA=settings.replica,
+    )
+    if test_config:
+        app.config.from_mapping(test_config)
+
+    app.before_request(_start_clock)
+    app.after_request(_finish)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(imaging.ImageError, _image_error)
+    app.register_error_handler(MemoryError, _out_of_memory)
+    app.register_error_handler(Exception, _internal_error)
+
+    app.add_url_rule("/", "whoami", whoami, methods=["GET"])
+    app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
+    app.add_url_rule("/flip", "flip", flip, methods=["POST"])
+    return app
+
+
+def whoami() -> Response:
+    return Response(f"flipfleet replica {_replica()} (pid {os.getpid()})\n", mimetype="text/plain")
+
+
+def healthz() -> Response:
+    return jsonify(
+        status="ok",
+        replica=_replica(),
+        pid=os.getpid(),
+        uptime_s=round(time.monotonic() - STARTED, 1),
+    )
+
+
+def flip() -> Response:
+    direction = request.args.get("direction", "vertical")
+    if direction not in imaging.DIRECTIONS:
+        abort(400, f"direction must be one of {', '.join(imaging.DIRECTIONS)}, not {direction!r}")
+    data = _uploaded_picture()
+    try:
+        result = imaging.flip(data, direction, _limits())
+    except imaging.NotAnImage:
+        declared = request.mimetype
+        if declared.startswith("image/") and declared not in _readable_media_types():
+            abort(415, f"{declared} is not supported; send one of {', '.join(imaging.MEDIA_TYPES)}")
+        raise
+    response = Response(result.data, mimetype=result.media_type)
+    response.headers["X-Image-Size"] = f"{result.width}x{result.height}"
+    response.headers["X-Image-Frames"] = str(result.frames)
+    return response
+
+
+def _uploaded_picture() -> bytes:
+    """The picture's bytes from a raw body or a multipart form; the sample for no body."""
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        files = [f for name in FORM_FIELDS for f in request.files.getlist(name)]
+        if not files:
+            other = sorted(request.files)
+            hint = f" (the form has {', '.join(other)})" if other else ""
+            abort(400, f"the form has no file in a field named 'image' or 'file'{hint}")
+        if len(files) > 1:
+            abort(400, f"send one picture per request, not {len(files)}")
+        data = files[0].read()
+        if not data:
+            abort(400, "the file in the form is empty")
+        return data
+    if mimetype and not (mimetype.startswith("image/") or mimetype == "application/octet-stream"):
+        abort(415, f"Content-Type {mimetype} is not accepted; send one of {', '.join(ACCEPTED_TYPES)}")
+    data = request.get_data(cache=False)
+    if data:
+        return data
+    if mimetype:
+        abort(400, "the body is empty: send a picture, or no body and no Content-Type for the sample")
+    return load_sample(current_app.config["SAMPLE_PATH"] or None)
+
+
+def _readable_media_types() -> set[str]:
+    # Aliases that clients send for the same formats.
+    return set(imaging.MEDIA_TYPES.values()) | {"image/jpg", "image/pjpeg", "image/x-ms-bmp", "image/x-png"}
+
+
+def _limits() -> imaging.Limits:
+    return imaging.Limits(
+        max_pixels=current_app.config["MAX_PIXELS"],
+        max_frames=current_app.config["MAX_FRAMES"],
+        max_total_pixels=current_app.config["MAX_TOTAL_PIXELS"],
+    )
+
+
+def _replica() -> str:
+    return current_app.config["REPLICA"]
+
+
+def _start_clock() -> None:
+    g.started = time.perf_counter()
+    offered = request.headers.get("X-Request-ID", "")
+    g.request_id = offered if REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+
+
+def _finish(response: Response) -> Response:
+    started = g.get("started", time.perf_counter())
+    request_id = g.get("request_id") or uuid.uuid4().hex
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    response.headers["X-Response-Time"] = f"{elapsed_ms:.1f}ms"
+    response.headers["X-Served-By"] = _replica()
+    response.headers["X-Request-ID"] = request_id
+    access_log.info(
+        "%s replica=%s rid=%s %s %s %d %dB %.1fms",
+        datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        _replica(),
+        request_id,
+        request.method,
+        request.path,
+        response.status_code,
+        response.calculate_content_length() or 0,
+        elapsed_ms,
+    )
+    return response
+
+
+def _json_error(status: int, message: str, response: Response | None = None) -> Response:
+    body = jsonify(error=message, status=status)
+    if response is None:
+        body.status_code = status
+        return body
+    # Keep the exception's own headers, such as Allow on a 405.
+    response.set_data(body.get_data())
+    response.mimetype = "application/json"
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    message = exc.description or exc.name
+    if isinstance(exc, RequestEntityTooLarge) and message == RequestEntityTooLarge.description:
+        message = f"the body is over the limit of {current_app.config['MAX_CONTENT_LENGTH']:,} bytes"
+    return _json_error(exc.code or 500, message, exc.get_response())
+
+
+def _image_error(exc: imaging.ImageError) -> Response:
+    return _json_error(ERROR_STATUS[type(exc)], str(exc))
+
+
+def _out_of_memory(exc: MemoryError) -> Response:
+    error_log.error("out of memory on %s %s", request.method, request.path)
+    response = _json_error(503, "the replica is out of memory for this picture; retry later")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def _internal_error(exc: Exception) -> Response:
+    error_log.exception("unhandled error on %s %s", request.method, request.path)
+    return _json_error(500, "internal error; the request id is in the X-Request-ID header")

@@ -1,0 +1,97 @@
+"""Pictures made in memory for the tests: every one asymmetric, so a flip always shows."""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import struct
+import zlib
+
+from PIL import Image, ImageChops, ImageStat
+
+SIZE = (48, 32)
+
+
+def picture(mode: str, size: tuple[int, int] = SIZE, seed: int = 1) -> Image.Image:
+    """Random pixels in `mode`: no row or column mirrors another."""
+    rng = random.Random(seed)
+    if mode == "P":
+        im = Image.frombytes("L", size, rng.randbytes(size[0] * size[1]))
+        im = im.point(lambda v: v % 16).convert("P")
+        im.putpalette([c for i in range(16) for c in (i * 16, 255 - i * 16, (i * 97) % 256)])
+        im.info["transparency"] = 3
+        return im
+    if mode == "I;16":
+        raw = rng.randbytes(size[0] * size[1] * 2)
+        return Image.frombytes("I;16", size, raw)
+    if mode == "1":
+        return Image.frombytes("L", size, rng.randbytes(size[0] * size[1])).convert("1")
+    raw = rng.randbytes(size[0] * size[1] * Image.getmodebands(mode))
+    return Image.frombytes(mode, size, raw)
+
+
+def photo(size: tuple[int, int] = (320, 240), mode: str = "RGB") -> Image.Image:
+    """Smooth, photo-like content for lossy formats, where noise would measure the codec."""
+    w, h = size
+    im = Image.new("RGB", size)
+    im.putdata(
+        [
+            (
+                int(127 + 120 * math.sin(x / 17 + y / 29)),
+                int(x * 255 / w),
+                int(127 + 120 * math.cos(y / 11)),
+            )
+            for y in range(h)
+            for x in range(w)
+        ]
+    )
+    return im.convert(mode)
+
+
+def encode(im: Image.Image, fmt: str, **params) -> bytes:
+    out = io.BytesIO()
+    im.save(out, fmt, **params)
+    return out.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+def animation(fmt: str, frames: int = 3, size: tuple[int, int] = SIZE, **params) -> tuple[bytes, list]:
+    """An animation whose frames differ, with a distinct duration each; also its frames."""
+    images = [picture("RGBA" if fmt == "WEBP" else "P", size, seed=i + 10) for i in range(frames)]
+    durations = [100 * (i + 1) for i in range(frames)]
+    data = encode(
+        images[0], fmt, save_all=True, append_images=images[1:], duration=durations, loop=3, **params
+    )
+    return data, durations
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    """Peak signal-to-noise ratio in dB between two same-sized pictures."""
+    diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
+    mse = sum(rms * rms for rms in ImageStat.Stat(diff).rms) / 3
+    return math.inf if mse == 0 else 20 * math.log10(255 / math.sqrt(mse))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb's header."""
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    ihdr = 8  # the IHDR chunk follows the 8-byte signature
+    data[ihdr + 8 : ihdr + 16] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr + 4 : ihdr + 8 + 13]))
+    data[ihdr + 8 + 13 : ihdr + 8 + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def gif_declaring(width: int, height: int) -> bytes:
+    """A tiny GIF whose logical screen and frame claim width x height pixels."""
+    data = bytearray(encode(Image.new("P", (1, 1)), "GIF"))
+    data[6:10] = struct.pack("<HH", width, height)
+    descriptor = data.index(b",")  # the image descriptor: left, top, width, height
+    data[descriptor + 5 : descriptor + 9] = struct.pack("<HH", width, height)
+    return bytes(data)

@@ -1,0 +1,182 @@
+import io
+import logging
+
+import pytest
+from PIL import Image
+
+from service.sample import load_sample
+from tests.pictures import animation, decode, encode, picture, png_declaring
+
+DOWN = Image.Transpose.FLIP_TOP_BOTTOM
+
+
+@pytest.fixture
+def png():
+    """A small lossless picture, so that a flip can be checked pixel by pixel."""
+    return encode(picture("RGB"), "PNG")
+
+
+def assert_json_error(response, status, fragment):
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    assert fragment in response.get_json()["error"]
+    assert response.get_json()["status"] == status
+
+
+def test_whoami_names_replica_and_pid(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    assert "test-replica" in response.text
+    assert "pid" in response.text
+
+
+def test_healthz_is_small_json(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ok"
+    assert response.get_json()["replica"] == "test-replica"
+    assert len(response.data) < 200
+
+
+def test_every_response_has_timing_replica_and_request_id(client):
+    for response in (client.get("/"), client.get("/nowhere"), client.post("/flip", data=b"x")):
+        assert response.headers["X-Response-Time"].endswith("ms")
+        float(response.headers["X-Response-Time"][:-2])
+        assert response.headers["X-Served-By"] == "test-replica"
+        assert len(response.headers["X-Request-ID"]) == 32
+
+
+def test_request_id_is_taken_from_the_client_when_safe(client):
+    assert client.get("/", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    unsafe = client.get("/", headers={"X-Request-ID": "a b\x7f<script>"}).headers["X-Request-ID"]
+    assert unsafe != "a b\x7f<script>" and len(unsafe) == 32
+
+
+def test_one_access_log_line_per_request(client, caplog, png):
+    caplog.set_level(logging.INFO, logger="flipfleet.access")
+    client.post("/flip", data=png, content_type="image/png", headers={"X-Request-ID": "rid-7"})
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "flipfleet.access"]
+    assert "replica=test-replica rid=rid-7 POST /flip 200" in line
+    assert f" {len(encode(picture('RGB').transpose(DOWN), 'PNG'))}B " in line
+    assert line.endswith("ms")
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "application/octet-stream", None])
+def test_flip_raw_body(client, png, content_type):
+    response = client.post("/flip", data=png, content_type=content_type)
+    assert response.status_code == 200
+    assert response.mimetype == "image/png"
+    assert decode(response.data).tobytes() == picture("RGB").transpose(DOWN).tobytes()
+
+
+@pytest.mark.parametrize("field", ["image", "file"])
+def test_flip_multipart(client, png, field):
+    response = client.post("/flip", data={field: (io.BytesIO(png), "p.png")})
+    assert response.status_code == 200
+    assert decode(response.data).tobytes() == picture("RGB").transpose(DOWN).tobytes()
+
+
+def test_flip_horizontal(client, png):
+    response = client.post("/flip?direction=horizontal", data=png, content_type="image/png")
+    expected = picture("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    assert decode(response.data).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "media_type"),
+    [("JPEG", "image/jpeg"), ("GIF", "image/gif"), ("WEBP", "image/webp"), ("TIFF", "image/tiff"), ("BMP", "image/bmp")],
+)
+def test_answer_is_in_the_format_sent(client, fmt, media_type):
+    response = client.post("/flip", data=encode(picture("RGB"), fmt), content_type="image/png")
+    assert response.status_code == 200
+    assert response.mimetype == media_type
+    assert decode(response.data).format == fmt
+
+
+def test_no_body_flips_the_sample(app, client):
+    app.config.update(MAX_PIXELS=50_000_000, MAX_TOTAL_PIXELS=50_000_000)  # the sample: 24 MP
+    response = client.post("/flip")
+    assert response.status_code == 200
+    assert response.mimetype == "image/jpeg"
+    assert response.headers["X-Image-Size"] == "6000x4000"
+    sample = decode(load_sample(None))
+    assert sample.size == (6000, 4000)
+    flipped = decode(response.data)
+    # Compare a strip at the top of the answer with the bottom of the sample.
+    top = flipped.crop((0, 0, 6000, 16)).tobytes()
+    bottom = sample.crop((0, 3984, 6000, 4000)).transpose(DOWN).tobytes()
+    assert sum(abs(a - b) for a, b in zip(top, bottom)) / len(top) < 3
+
+
+def test_unknown_direction_is_400(client, png):
+    response = client.post("/flip?direction=sideways", data=png, content_type="image/png")
+    assert_json_error(response, 400, "direction")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "fragment"),
+    [
+        ({"data": b"definitely not a picture", "content_type": "image/png"}, 400, "not a picture"),
+        ({"data": encode(picture("RGB"), "PNG")[:300], "content_type": "image/png"}, 400, "damaged"),
+        ({"data": b"", "content_type": "image/jpeg"}, 400, "empty"),
+        ({"data": {}, "content_type": "multipart/form-data"}, 400, "no file"),
+        ({"data": {"photo": (io.BytesIO(b"x"), "x.png")}}, 400, "photo"),
+        ({"data": {"image": (io.BytesIO(b""), "x.png")}}, 400, "empty"),
+        ({"data": {"image": [(io.BytesIO(b"a"), "a.png"), (io.BytesIO(b"b"), "b.png")]}}, 400, "one picture"),
+        ({"data": b"x" * (2 * 1024 * 1024 + 1), "content_type": "image/png"}, 413, "over the limit of 2,097,152 bytes"),
+        ({"data": png_declaring(2_000, 1_000), "content_type": "image/png"}, 413, "pixels"),
+        ({"data": png_declaring(100_000, 100_000), "content_type": "image/png"}, 413, "pixels"),
+        ({"data": animation("GIF", frames=11)[0], "content_type": "image/gif"}, 413, "frames"),
+        ({"data": encode(picture("RGB"), "ICO"), "content_type": "image/x-icon"}, 415, "ICO"),
+        ({"data": b"<svg xmlns='http://www.w3.org/2000/svg'/>", "content_type": "image/svg+xml"}, 415, "svg"),
+        ({"data": b"a=b", "content_type": "application/x-www-form-urlencoded"}, 415, "Content-Type"),
+        ({"data": b"{}", "content_type": "application/json"}, 415, "Content-Type"),
+    ],
+    ids=lambda v: v if isinstance(v, (int, str)) else "",
+)
+def test_bad_input_gets_a_json_4xx(client, kwargs, status, fragment):
+    assert_json_error(client.post("/flip", **kwargs), status, fragment)
+
+
+def test_json_404_and_405_with_allow(client):
+    assert_json_error(client.get("/nowhere"), 404, "not found")
+    response = client.get("/flip")
+    assert_json_error(response, 405, "not allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_unexpected_error_is_json_500_and_logged(app, client, caplog, monkeypatch):
+    from service import imaging
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(imaging, "flip", broken)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    response = client.post("/flip", data=b"x", content_type="image/png")
+    assert_json_error(response, 500, "internal error")
+    assert "boom" in caplog.text
+
+
+def test_out_of_memory_is_503_with_retry_after(app, client, monkeypatch):
+    from service import imaging
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(imaging, "flip", exhausted)
+    response = client.post("/flip", data=b"x", content_type="image/png")
+    assert_json_error(response, 503, "out of memory")
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_limits_come_from_the_environment(monkeypatch, png):
+    from service.app import create_app
+
+    monkeypatch.setenv("FLIP_MAX_PIXELS", "100")
+    monkeypatch.setenv("FLIP_REPLICA_NAME", "from-env")
+    client = create_app({"TESTING": True}).test_client()
+    response = client.post("/flip", data=png, content_type="image/png")
+    assert_json_error(response, 413, "the limit is 100")
+    assert response.headers["X-Served-By"] == "from-env"
