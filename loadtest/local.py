@@ -74,11 +74,12 @@ def running_service(**env: str) -> Iterator[LocalService]:
         service.stop()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:
-    """Poll `predicate` until it is true or `timeout` seconds pass; bounded by design."""
+def wait_for(predicate, timeout: float, interval: float = 0.25):
+    """Poll `predicate` until it returns something true or `timeout` seconds pass; returns
+    its last value. Bounded by design."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
         time.sleep(interval)
-    return False

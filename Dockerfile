@@ -1,0 +1,35 @@
+# One flipfleet replica: a single waitress process serving the flip service.
+# Offline machines build a local stand-in for the base image: scripts/offline-images.sh.
+ARG PYTHON_IMAGE=python:3.13-slim
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# A virtualenv copies cleanly into the final stage, without pip's build leftovers.
+RUN python -m venv /opt/venv
+COPY requirements.txt /tmp/requirements.txt
+# Dependencies in their own layer: code changes do not reinstall them.
+RUN /opt/venv/bin/pip install --only-binary=:all: -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip uninstall --yes pip
+
+FROM ${PYTHON_IMAGE}
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH \
+    HOST=0.0.0.0 \
+    PORT=8000 \
+    FLIP_SAMPLE_PATH=/srv/flipfleet/sample.jpg
+# A fixed numeric uid, so compose and the host can refer to it.
+RUN groupadd --system --gid 10001 flipfleet \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin flipfleet
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /srv/flipfleet
+COPY service/ service/
+# Bake the sample photo in, so that no replica spends start-up time making it.
+RUN python -m service.sample "$FLIP_SAMPLE_PATH"
+USER flipfleet
+EXPOSE 8000
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+# waitress closes cleanly on SIGINT (KeyboardInterrupt); PID 1 ignores an unhandled SIGTERM.
+STOPSIGNAL SIGINT
+CMD ["python", "-m", "service"]

@@ -1,0 +1,134 @@
+"""Locust load for flipfleet: users that flip a picture, and a light user that asks who answers.
+
+Run from the repo root (locust puts the working directory on sys.path, so `service` imports):
+
+    locust --config loadtest/locust.conf                    # both users, headless defaults
+    locust --config loadtest/locust.conf FlipUser           # one class, by name
+
+FLIP_PHOTO=path posts that picture instead of the bundled sample; FLIP_VERIFY=full also
+decodes every answer in full.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from locust import HttpUser, constant, constant_throughput, events, task
+from locust.runners import MasterRunner
+from PIL import Image, UnidentifiedImageError
+
+from service.imaging import MEDIA_TYPES, ORIENTATION
+from service.sample import make_sample
+
+# A full decode of the 24 MP sample costs ~100 ms of CPU here, taken from the cores the service
+# runs on; the header (format and size) is read without decoding, so that is the default check.
+FULL_VERIFY = os.environ.get("FLIP_VERIFY", "") == "full"
+# EXIF orientations 5-8 turn the picture a quarter turn, so a viewer sees width and height swapped.
+QUARTER_TURNS = {5, 6, 7, 8}
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    format: str
+    media_type: str
+    expected_size: tuple[int, int]
+
+
+def _format_of(im: Image.Image) -> str:
+    # The service answers a phone's MPO with its main JPEG.
+    return "JPEG" if im.format == "MPO" else im.format
+
+
+@functools.cache
+def upload() -> Upload:
+    """The picture every FlipUser posts: read or made once per process, not per request."""
+    photo = os.environ.get("FLIP_PHOTO")
+    data = Path(photo).read_bytes() if photo else make_sample()
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError(f"FLIP_PHOTO={photo} is not a picture Pillow can read") from None
+    with im:
+        fmt = _format_of(im)
+        if fmt not in MEDIA_TYPES:
+            raise ValueError(f"FLIP_PHOTO={photo} is {fmt}; send one of {', '.join(MEDIA_TYPES)}")
+        width, height = im.size
+        turned = im.getexif().get(ORIENTATION, 1) in QUARTER_TURNS
+    return Upload(data, fmt, MEDIA_TYPES[fmt], (height, width) if turned else (width, height))
+
+
+@events.init.add_listener
+def prepare_upload(environment, **_kwargs) -> None:
+    # Make the picture before the first user starts (a bad FLIP_PHOTO stops locust at start-up);
+    # the master sends no requests, so it skips the work.
+    if not isinstance(environment.runner, MasterRunner):
+        upload()
+
+
+def answered_200(response) -> bool:
+    """Whether the request got a 200; marks it failed otherwise, except for a connection error,
+    which locust reports itself, grouped by its root cause rather than by each socket's address."""
+    if response.status_code in (0, 200):
+        return response.status_code == 200
+    response.failure(f"status {response.status_code}, not 200: {response.text[:200]}")
+    return False
+
+
+def problem_with_picture(body: bytes, expected: Upload) -> str | None:
+    """Why `body` is not the flipped upload, or None when it looks right."""
+    try:
+        with Image.open(io.BytesIO(body)) as im:
+            if _format_of(im) != expected.format:
+                return f"the body is {im.format}, not {expected.format}"
+            width, height = expected.expected_size
+            if im.size != (width, height):
+                return f"the picture is {im.width}x{im.height}, not {width}x{height}"
+            if FULL_VERIFY:
+                im.load()
+    except Exception as exc:  # Pillow signals damaged data through many exception types
+        return f"the body is not a whole picture: {exc}"
+    return None
+
+
+class FlipUser(HttpUser):
+    # Three flipping users to one probe: the flips are the load, the probe only samples latency.
+    weight = 3
+    # Closed loop: each user posts again as soon as it has its answer, like the article's clients.
+    wait_time = constant(0)
+
+    @task
+    def flip(self) -> None:
+        picture = upload()
+        with self.client.post(
+            "/flip",
+            data=picture.data,
+            headers={"Content-Type": picture.media_type},
+            name="/flip",
+            catch_response=True,
+        ) as response:
+            if not answered_200(response):
+                return
+            content_type = response.headers.get("Content-Type")
+            if content_type != picture.media_type:
+                response.failure(f"Content-Type is {content_type}, not {picture.media_type}")
+                return
+            problem = problem_with_picture(response.content, picture)
+            if problem:
+                response.failure(problem)
+
+
+class WhoAmIUser(HttpUser):
+    weight = 1
+    # A probe, not load: at most 2 requests a second, which show how long flips make others wait.
+    wait_time = constant_throughput(2)
+
+    @task
+    def whoami(self) -> None:
+        with self.client.get("/", name="/", catch_response=True) as response:
+            if answered_200(response) and not response.text.startswith("flipfleet replica"):
+                response.failure(f"not a replica's answer: {response.text[:200]!r}")
