@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from locust import HttpUser, constant, constant_throughput, events, task
+from geventhttpclient.client import HTTPClientPool
+from locust import FastHttpUser, constant, constant_throughput, events, task
 from locust.runners import MasterRunner
 from PIL import Image, UnidentifiedImageError
 
@@ -95,7 +96,16 @@ def problem_with_picture(body: bytes, expected: Upload) -> str | None:
     return None
 
 
-class FlipUser(HttpUser):
+# geventhttpclient reads answers in 4 KiB blocks by default, 1,600 reads per flipped photo;
+# 256 KiB blocks cut the client's CPU per flip from ~16 ms to ~10 ms (measured on loopback).
+# One pool for all FlipUsers of a process: room for a connection each, up to 256 users.
+FLIP_CLIENTS = HTTPClientPool(concurrency=256, block_size=256 * 1024, connection_timeout=60, network_timeout=120)
+
+
+# FastHttpUser (geventhttpclient) rather than HttpUser (requests): it moves the 6.5 MB upload
+# and answer for a fraction of the CPU, which on a small machine is taken from the service.
+class FlipUser(FastHttpUser):
+    client_pool = FLIP_CLIENTS
     # Three flipping users to one probe: the flips are the load, the probe only samples latency.
     weight = 3
     # Closed loop: each user posts again as soon as it has its answer, like the article's clients.
@@ -122,7 +132,7 @@ class FlipUser(HttpUser):
                 response.failure(problem)
 
 
-class WhoAmIUser(HttpUser):
+class WhoAmIUser(FastHttpUser):
     weight = 1
     # A probe, not load: at most 2 requests a second, which show how long flips make others wait.
     wait_time = constant_throughput(2)

@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import requests
@@ -99,6 +100,19 @@ class Stack:
             "up", "-d", "--no-build", "--wait", "--wait-timeout", str(UP_TIMEOUT_S),
             "--scale", f"web={replicas}", *extra, timeout=UP_TIMEOUT_S + 60,
         )
+        self.wait_for_nginx()
+
+    def wait_for_nginx(self, timeout: float = 30) -> None:
+        """Raise unless nginx answers on the published port within `timeout` seconds."""
+        deadline, last = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/nginx-health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException as exc:
+                last = exc
+            time.sleep(0.5)
+        raise RuntimeError(f"nginx does not answer on {self.url}: {last}\n{self.logs('nginx')[-2000:]}")
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", "--timeout", "5", timeout=120, check=False)

@@ -1,5 +1,8 @@
+import os
+
 import pytest
 
+from loadtest.stack import DockerUnavailable, build_images, check_docker
 from service.app import create_app
 
 
@@ -30,3 +33,15 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(scope="session")
+def docker_images():
+    """A Docker engine with the stack's images built once; a skip (a failure under CI) without one."""
+    try:
+        check_docker()
+    except DockerUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the Docker tests: {exc}")
+        pytest.skip(str(exc))
+    build_images("web", "locust-master")

@@ -1,0 +1,69 @@
+"""Where the CPU goes during a load run: seconds used by each part of the system, read from
+/proc and the containers' cgroups before and after, so that a benchmark can show them."""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+# Host processes by their command name; their children's time (runc for each `docker exec`
+# healthcheck) is counted once they have been waited for.
+ENGINE = {"dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc"}
+PROXY = {"docker-proxy"}
+
+
+def _proc_times() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, CPU seconds including waited-for children)."""
+    times = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # the process ended while we looked
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        # utime, stime, cutime, cstime: fields 14-17 of stat(5)
+        times[int(entry.name)] = (name, sum(int(v) for v in fields[11:15]) / TICKS)
+    return times
+
+
+def _container_seconds(container_id: str) -> float | None:
+    """A container's CPU seconds from its cgroup (v1 cpuacct or v2 cpu.stat)."""
+    v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage")
+    if v1.is_file():
+        return int(v1.read_text()) / 1e9
+    for v2 in (
+        Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat"),
+        Path(f"/sys/fs/cgroup/docker/{container_id}/cpu.stat"),
+    ):
+        if v2.is_file():
+            for line in v2.read_text().splitlines():
+                key, value = line.split()
+                if key == "usage_usec":
+                    return int(value) / 1e6
+    return None
+
+
+def snapshot(containers: dict[str, list[str]]) -> dict[str, float]:
+    """CPU seconds so far, by part: each compose service (its containers summed), the Docker
+    engine, docker-proxy, and this process with the children it has waited for (the load
+    generator: locust runs as a child, the burst's clients as threads here)."""
+    totals: dict[str, float] = {}
+    for service, ids in containers.items():
+        seconds = [_container_seconds(cid) for cid in ids]
+        if all(s is not None for s in seconds):
+            totals[service] = sum(seconds)
+    times = _proc_times()
+    totals["docker engine"] = sum(cpu for name, cpu in times.values() if name in ENGINE)
+    totals["docker-proxy"] = sum(cpu for name, cpu in times.values() if name in PROXY)
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    totals["load generator"] = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return totals
+
+
+def difference(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {part: round(after[part] - before.get(part, 0.0), 2) for part in after if part in before}

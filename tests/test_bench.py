@@ -1,0 +1,55 @@
+"""`python -m loadtest.bench --quick`, the short version of the benchmark, on a real Docker engine."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from loadtest.bench import BURST
+from loadtest.stack import ROOT
+
+pytestmark = pytest.mark.docker
+
+PER_REPLICA_COUNT = {"burst_first_s", "burst_last_s", "rps", "p50_ms", "p95_ms", "p99_ms", "failures"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(docker_images, tmp_path_factory):
+    """The quick benchmark's results folder, after a run that must succeed."""
+    out = tmp_path_factory.mktemp("bench")
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench", "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, result
+
+
+def test_summary_has_every_figure_and_no_failures(quick_run):
+    out, _ = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["machine"]["cores"] >= 1 and summary["machine"]["commit"]
+    assert summary["ceiling_rps"] > 0 and len(summary["ceiling_samples"]) >= 2
+    assert set(summary["replicas"]) == {"1", "2"}
+    for figures in [*summary["replicas"].values(), *summary["gil"].values()]:
+        assert PER_REPLICA_COUNT <= set(figures)
+        assert figures["failures"] == 0
+        assert figures["rps"] > 0
+        assert 0 < figures["burst_first_s"] <= figures["burst_last_s"]
+        assert figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]
+        assert figures["burst_last_vs_ideal"] == pytest.approx(
+            figures["burst_last_s"] * figures["ceiling_rps_around"] / BURST, rel=0.01
+        )
+    assert len(summary["gil"]) == 2
+    assert summary["nginx"]["requests_each"] > 0
+    assert {"replicas", "threads", "rps_fraction_of_ceiling", "meets_goals"} <= set(summary["default"])
+
+
+def test_reports_and_plots_are_written(quick_run):
+    out, result = quick_run
+    for name in ("throughput.png", "burst.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG")
+    assert (out / "replicas1" / "users2_stats.csv").is_file()
+    assert (out / "replicas2" / "users2.html").stat().st_size > 1000
+    assert "default configuration" in result.stdout
