@@ -6,9 +6,10 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # A virtualenv copies cleanly into the final stage, without pip's build leftovers.
 RUN python -m venv /opt/venv
-COPY requirements.txt /tmp/requirements.txt
-# Dependencies in their own layer: code changes do not reinstall them.
-RUN /opt/venv/bin/pip install --only-binary=:all: -r /tmp/requirements.txt \
+COPY requirements.lock /tmp/requirements.lock
+# Dependencies in their own layer: code changes do not reinstall them. The lock pins every
+# package, direct or not, with the hashes of its files: a tampered download fails the build.
+RUN /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
     && /opt/venv/bin/pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}

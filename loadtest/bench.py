@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from loadtest import cpu
+from loadtest import usage
 from loadtest.overhead import pillow_alone
 from loadtest.stack import ROOT, Stack, build_images, check_docker
 from service.sample import load_sample
@@ -142,11 +142,11 @@ def locust(url: str, users: int, seconds: int, prefix: Path, photo: Path) -> dic
 def cpu_during(stack: Stack, action):
     """Run `action`; return its result and the CPU seconds each part used meanwhile."""
     containers = {service: stack.container_ids(service) for service in ("web", "nginx")}
-    before = cpu.snapshot(containers)
+    before = usage.snapshot(containers)
     started = time.monotonic()
     result = action()
     elapsed = time.monotonic() - started
-    used = cpu.difference(before, cpu.snapshot(containers))
+    used = usage.difference(before, usage.snapshot(containers))
     used["wall"] = round(elapsed, 2)
     return result, used
 

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from loadtest.stack import DockerUnavailable, build_images, check_docker
+from loadtest.stack import DockerUnavailable, Stack, build_images, check_docker
 from service.app import create_app
 
 
@@ -45,3 +45,24 @@ def docker_images():
             pytest.fail(f"CI must run the Docker tests: {exc}")
         pytest.skip(str(exc))
     build_images("web", "locust-master")
+
+
+@pytest.fixture
+def stack(docker_images, request):
+    """A fresh compose project for one test, always torn down, logs shown when it fails."""
+    stacks = []
+
+    def start(replicas: int, **env: str) -> Stack:
+        """Bring up a stack of `replicas` web replicas, with compose variables `env`."""
+        # Frequent healthchecks: the stack is healthy sooner, at a CPU cost no test measures.
+        new = Stack(request.node.name.removeprefix("test_")[:20].replace("_", "-"), HEALTH_INTERVAL="2s", **env)
+        stacks.append(new)
+        new.up(replicas)
+        return new
+
+    yield start
+    report = getattr(request.node, "rep_call", None)
+    for each in stacks:
+        if report is not None and report.failed:
+            print(each.logs("nginx")[-5000:], each.logs("web")[-5000:])
+        each.down()

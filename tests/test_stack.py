@@ -11,33 +11,12 @@ import requests
 from PIL import Image
 
 from loadtest.local import wait_for
-from loadtest.stack import Stack, free_port
+from loadtest.stack import free_port
 from service.sample import load_sample
 from tests.pictures import decode, encode, picture
 
 pytestmark = pytest.mark.docker
 DOWN = Image.Transpose.FLIP_TOP_BOTTOM
-
-
-@pytest.fixture
-def stack(docker_images, request):
-    """A fresh compose project for one test, always torn down, logs shown when it fails."""
-    stacks = []
-
-    def start(replicas: int, **env: str) -> Stack:
-        """Bring up a stack of `replicas` web replicas, with compose variables `env`."""
-        # Frequent healthchecks: the stack is healthy sooner, at a CPU cost no test measures.
-        new = Stack(request.node.name.removeprefix("test_")[:20].replace("_", "-"), HEALTH_INTERVAL="2s", **env)
-        stacks.append(new)
-        new.up(replicas)
-        return new
-
-    yield start
-    report = getattr(request.node, "rep_call", None)
-    for each in stacks:
-        if report is not None and report.failed:
-            print(each.logs("nginx")[-5000:], each.logs("web")[-5000:])
-        each.down()
 
 
 def test_requests_spread_over_every_replica_and_flips_are_right(stack):

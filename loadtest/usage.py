@@ -1,5 +1,6 @@
-"""Where the CPU goes during a load run: seconds used by each part of the system, read from
-/proc and the containers' cgroups before and after, so that a benchmark can show them."""
+"""What each part of the system uses: CPU seconds (read from /proc and the containers' cgroups
+before and after a load run, so that a benchmark can show where the time goes) and a
+container's memory."""
 
 from __future__ import annotations
 
@@ -67,3 +68,32 @@ def snapshot(containers: dict[str, list[str]]) -> dict[str, float]:
 
 def difference(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {part: round(after[part] - before.get(part, 0.0), 2) for part in after if part in before}
+
+
+def _cgroup_file(container_id: str, v1_name: str, v2_name: str) -> Path | None:
+    for path in (
+        Path(f"/sys/fs/cgroup/memory/docker/{container_id}/{v1_name}"),
+        Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/{v2_name}"),
+        Path(f"/sys/fs/cgroup/docker/{container_id}/{v2_name}"),
+    ):
+        if path.is_file():
+            return path
+    return None
+
+
+def memory(container_id: str) -> dict[str, int]:
+    """A container's memory in bytes: `anon` (its processes' own pages, what grows when a
+    service leaks), `usage` (all charged to it, page cache and tmpfs included) and, where the
+    kernel keeps it, `peak` usage since the container started."""
+    found: dict[str, int] = {}
+    stat = _cgroup_file(container_id, "memory.stat", "memory.stat")
+    if stat is None:
+        raise FileNotFoundError(f"no memory cgroup found for container {container_id}")
+    values = dict(line.split() for line in stat.read_text().splitlines())
+    found["anon"] = int(values.get("total_rss", values.get("anon", 0)))
+    for key, v1_name, v2_name in (("usage", "memory.usage_in_bytes", "memory.current"),
+                                  ("peak", "memory.max_usage_in_bytes", "memory.peak")):
+        path = _cgroup_file(container_id, v1_name, v2_name)
+        if path is not None:
+            found[key] = int(path.read_text())
+    return found
