@@ -34,6 +34,8 @@ from pathlib import Path
 from loadtest import usage
 from loadtest.overhead import pillow_alone
 from loadtest.stack import ROOT, Stack, build_images, check_docker
+from service.config import Settings
+from service.imaging import keep_image_memory
 from service.sample import load_sample
 
 # The article (2018), as published: Jimp flipping a 6.7 MB photo on an 8-thread laptop.
@@ -58,7 +60,9 @@ def log(message: str) -> None:
 # -- 0. the ceiling ------------------------------------------------------------------------
 
 def _flip_for(seconds: float, sample: bytes, start: float) -> int:
-    """Flips done in `seconds`, on a worker thread as waitress runs them (see loadtest.overhead)."""
+    """Flips done in `seconds`, on a worker thread as waitress runs them (see loadtest.overhead),
+    with Pillow's memory kept between pictures as the service keeps it."""
+    keep_image_memory(Settings().pillow_blocks)
     def loop() -> int:
         while time.time() < start:
             time.sleep(0.01)

@@ -25,6 +25,8 @@ from PIL import Image, JpegImagePlugin
 
 from loadtest.local import running_service
 from service import imaging
+from service.config import Settings
+from service.imaging import keep_image_memory
 from service.sample import make_sample
 
 
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     data = make_sample()
+    keep_image_memory(Settings().pillow_blocks)  # as `python -m service` does
     print(f"sample: 6000x4000 JPEG, {len(data):,} bytes; {args.rounds} rounds after 2 warm-up rounds")
     with running_service(FLIP_THREADS="1") as service:
         address = urllib.parse.urlsplit(service.url)

@@ -10,6 +10,7 @@ import waitress
 
 from service.app import create_app
 from service.config import ConfigError, Settings
+from service.imaging import keep_image_memory
 from service.sample import load_sample
 
 log = logging.getLogger("flipfleet")
@@ -42,6 +43,7 @@ def main() -> int:
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
+    keep_image_memory(settings.pillow_blocks)
     # Make or read the sample now, so that a healthy replica answers its first request at speed.
     load_sample(settings.sample_path or None)
     server = build_server(settings)

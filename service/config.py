@@ -23,6 +23,7 @@ class Settings:
     max_total_pixels: int = 200_000_000
     sample_path: str = ""
     replica_name: str = ""
+    pillow_blocks: int = 16
 
     # setting -> environment variable
     ENV = {
@@ -35,6 +36,7 @@ class Settings:
         "max_total_pixels": "FLIP_MAX_TOTAL_PIXELS",
         "sample_path": "FLIP_SAMPLE_PATH",
         "replica_name": "FLIP_REPLICA_NAME",
+        "pillow_blocks": "FLIP_PILLOW_BLOCKS",
     }
 
     @classmethod
@@ -45,8 +47,9 @@ class Settings:
             if not raw:
                 continue
             if field.type == "int":
-                # PORT=0 asks the OS for a free port; every other number must be positive.
-                minimum = 0 if field.name == "port" else 1
+                # PORT=0 asks the OS for a free port, FLIP_PILLOW_BLOCKS=0 keeps no image memory;
+                # every other number must be positive.
+                minimum = 0 if field.name in ("port", "pillow_blocks") else 1
                 values[field.name] = _whole_number(cls.ENV[field.name], raw, minimum)
             else:
                 values[field.name] = raw

@@ -33,6 +33,18 @@ ORIENTATION_TRANSPOSE = {
 }
 ORIENTATION = ExifTags.Base.Orientation
 LOSSY_WEBP_QUALITY = 90
+# Freed 16 MiB blocks Pillow keeps for the next picture; 16 hold a 24 MP photo and its flip.
+KEPT_BLOCKS = 16
+
+
+def keep_image_memory(blocks: int = KEPT_BLOCKS) -> None:
+    """Let Pillow reuse up to `blocks` freed image blocks instead of returning them at once.
+
+    By default every picture maps and faults in its ~200 MB afresh, and the heap creeps under
+    steady load; keeping the blocks held a replica's memory flat over minutes and flipped a few
+    per cent faster (see the README's Reliability section). Costs `blocks` x 16 MiB when idle.
+    """
+    Image.core.set_blocks_max(blocks)
 
 
 class ImageError(Exception):

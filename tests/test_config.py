@@ -22,6 +22,7 @@ def test_every_setting_has_its_variable():
         "FLIP_MAX_TOTAL_PIXELS": "30",
         "FLIP_SAMPLE_PATH": "/srv/sample.jpg",
         "FLIP_REPLICA_NAME": "web-1",
+        "FLIP_PILLOW_BLOCKS": "0",
     }
     settings = Settings.from_env(environ)
     assert (settings.host, settings.port, settings.threads) == ("0.0.0.0", 9000, 4)
@@ -29,6 +30,7 @@ def test_every_setting_has_its_variable():
     assert settings.max_total_pixels == 30
     assert settings.sample_path == "/srv/sample.jpg"
     assert settings.replica == "web-1"
+    assert settings.pillow_blocks == 0
 
 
 def test_replica_defaults_to_the_hostname():

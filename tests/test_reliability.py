@@ -1,0 +1,350 @@
+"""Hardening, end to end through nginx on a real Docker engine: bad input, faults, slow and
+heavy clients, memory over time, secure defaults. Each test prints the figures it measured."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from loadtest import usage
+from loadtest.local import wait_for
+from loadtest.stack import ROOT
+from service.sample import load_sample
+from tests.corpus import malformed_requests
+from tests.pictures import encode, picture
+
+pytestmark = pytest.mark.docker
+SOAK_SECONDS = int(os.environ.get("FLIPFLEET_SOAK_SECONDS", "300"))
+
+
+def send(url: str, bad) -> requests.Response:
+    if bad.files or bad.form:
+        files = [(name, (filename, data, kind)) for name, filename, data, kind in bad.files]
+        return requests.post(url + "/flip", files=files or None, data=bad.form or None, timeout=60)
+    headers = {"Content-Type": bad.content_type} if bad.content_type else {}
+    return requests.post(url + "/flip", data=bad.body, headers=headers, timeout=60)
+
+
+class MemoryWatch:
+    """Samples each container's memory every `interval` seconds while the test runs."""
+
+    def __init__(self, containers: list[str], interval: float = 0.25):
+        self.containers, self.interval = containers, interval
+        self.peak = {c: 0 for c in containers}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for container in self.containers:
+                self.peak[container] = max(self.peak[container], usage.memory(container)["usage"])
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_malformed_corpus_gets_json_4xx_and_hurts_no_replica(stack):
+    flipfleet = stack(2)
+    replicas = flipfleet.container_ids()
+    limit = int(flipfleet.inspect(replicas[0], "{{.HostConfig.Memory}}"))
+    corpus = malformed_requests()
+    assert len(corpus) >= 200
+    answers = collections.Counter()
+    wrong = []
+
+    with MemoryWatch(replicas) as watch:
+        for bad in corpus:
+            response = send(flipfleet.url, bad)
+            answers[response.status_code] += 1
+            content_type = response.headers.get("Content-Type", "")
+            # Flipped bits in pixel data can leave a picture that still decodes: it is flipped.
+            still_a_picture = response.status_code == 200 and content_type.startswith("image/")
+            a_json_4xx = (400 <= response.status_code < 500 and content_type.startswith("application/json")
+                          and "error" in response.json())
+            if not (still_a_picture or a_json_4xx):
+                wrong.append((bad.name, response.status_code, response.text[:200]))
+
+    assert wrong == []
+    assert [flipfleet.restart_count(c) for c in replicas] == [0, 0]
+    peaks = {c[:12]: max(watch.peak[c], usage.memory(c).get("peak", 0)) for c in replicas}
+    assert all(0 < peak < limit for peak in peaks.values()), (peaks, limit)
+    assert requests.post(flipfleet.url + "/flip", data=encode(picture("RGB"), "PNG"),
+                         headers={"Content-Type": "image/png"}, timeout=30).status_code == 200
+    print(f"{len(corpus)} malformed requests: {dict(sorted(answers.items()))}; "
+          f"peak memory {', '.join(f'{c} {p / 2**20:.0f} MiB' for c, p in peaks.items())} "
+          f"of a {limit / 2**20:.0f} MiB limit")
+
+
+def test_killing_every_replica_gets_quick_json_errors_then_recovers(stack):
+    flipfleet = stack(2)
+    replicas = flipfleet.container_ids()
+    for container in replicas:
+        flipfleet.kill_process(container)
+    killed_at = time.monotonic()
+    answers, slowest, recovered_at = collections.Counter(), 0.0, None
+
+    while time.monotonic() - killed_at < 60 and recovered_at is None:
+        started = time.monotonic()
+        response = requests.get(flipfleet.url + "/", timeout=5)
+        elapsed = time.monotonic() - started
+        slowest = max(slowest, elapsed)
+        answers[response.status_code] += 1
+        if response.status_code == 200:
+            recovered_at = time.monotonic()
+        else:
+            assert response.status_code in (502, 503), response.text
+            assert response.json()["status"] == response.status_code
+        time.sleep(0.02)
+
+    assert recovered_at is not None, answers
+    assert slowest < 1.0, slowest
+    assert all(flipfleet.restart_count(c) >= 1 for c in replicas)
+    print(f"all replicas killed: answers {dict(answers)}, slowest {slowest * 1000:.0f} ms, "
+          f"serving again after {recovered_at - killed_at:.2f} s")
+
+
+def test_a_killed_nginx_is_restarted(stack):
+    flipfleet = stack(1)
+    nginx = flipfleet.container_ids("nginx")[0]
+
+    def healthy() -> bool:
+        try:
+            return requests.get(flipfleet.url + "/nginx-health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    flipfleet.kill_process(nginx)
+    killed_at = time.monotonic()
+    assert wait_for(lambda: flipfleet.restart_count(nginx) >= 1, timeout=30)
+    assert wait_for(healthy, timeout=30, interval=0.05)
+    print(f"nginx killed: answering again after {time.monotonic() - killed_at:.2f} s")
+    assert requests.get(flipfleet.url + "/", timeout=5).status_code == 200
+
+
+@pytest.mark.skipif(
+    os.environ.get("CI") != "true" and os.environ.get("FLIPFLEET_RESTART_DOCKERD") != "1",
+    reason="restarts the Docker daemon, which stops every container on this machine; "
+    "runs under CI=true or with FLIPFLEET_RESTART_DOCKERD=1",
+)
+def test_the_stack_comes_back_after_a_docker_daemon_restart(stack):
+    flipfleet = stack(2)
+    daemon = subprocess.run(["pgrep", "-xo", "dockerd"], capture_output=True, text=True).stdout.strip()
+    if not daemon:
+        pytest.skip("dockerd is not a process of this machine (a remote or desktop engine)")
+    os.kill(int(daemon), signal.SIGTERM)
+    assert wait_for(lambda: subprocess.run(["pgrep", "-x", "dockerd"]).returncode != 0, timeout=60)
+    stopped_at = time.monotonic()
+    subprocess.run(["bash", "scripts/docker-engine.sh"], cwd=ROOT, check=True, timeout=120)
+
+    def serving() -> bool:
+        try:
+            return requests.get(flipfleet.url + "/", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    assert wait_for(serving, timeout=90, interval=0.5)
+    print(f"Docker daemon restarted: the stack served again {time.monotonic() - stopped_at:.1f} s after it stopped")
+    assert len(flipfleet.container_ids()) == 2
+
+
+def test_no_flip_fails_while_a_replica_is_killed_every_15_s(stack, tmp_path):
+    flipfleet = stack(3)
+    photo = tmp_path / "sample.jpg"
+    photo.write_bytes(load_sample(None))
+    kills = []
+
+    def killer(stop: threading.Event) -> None:
+        for round_number in range(3):  # at 15, 30 and 45 s
+            if stop.wait(15):
+                return
+            victim = flipfleet.container_ids()[round_number % 3]
+            flipfleet.kill_process(victim)
+            kills.append(victim[:12])
+
+    stop = threading.Event()
+    thread = threading.Thread(target=killer, args=(stop,))
+    thread.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "locust", "--config", "loadtest/locust.conf", "--host", flipfleet.url,
+             "--users", "8", "--spawn-rate", "8", "--run-time", "60s", "--csv", str(tmp_path / "run"), "FlipUser"],
+            cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, "FLIP_PHOTO": str(photo)},
+        )
+    finally:
+        stop.set()
+        thread.join()
+    with open(tmp_path / "run_stats.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["Name"] == "/flip")
+    assert len(kills) == 3
+    assert int(row["Failure Count"]) == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0
+    print(f"8 users, 60 s, a replica killed every 15 s ({', '.join(kills)}): {row['Request Count']} flips "
+          f"served, {row['Failure Count']} failed, {float(row['Requests/s']):.2f} req/s, p95 {row['95%']} ms")
+
+
+def test_slow_uploads_do_not_block_normal_requests(stack):
+    flipfleet = stack(2)
+    slow = []
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", flipfleet.port), timeout=5)
+        sock.sendall(b"POST /flip HTTP/1.1\r\nHost: flipfleet\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 1000000\r\n\r\n" + b"\xff")
+        slow.append(sock)
+    try:
+        png = encode(picture("RGB"), "PNG")
+        latencies = []
+        for _ in range(20):
+            started = time.monotonic()
+            response = requests.post(flipfleet.url + "/flip", data=png, headers={"Content-Type": "image/png"}, timeout=10)
+            latencies.append(time.monotonic() - started)
+            assert response.status_code == 200
+        assert max(latencies) < 2.0, latencies
+
+        # nginx's client_body_timeout (10 s) cuts a body that stops arriving.
+        def all_cut() -> bool:
+            return all(_closed_or_answered(sock) for sock in slow)
+
+        assert wait_for(all_cut, timeout=30, interval=1)
+    finally:
+        for sock in slow:
+            sock.close()
+    print(f"200 stalled uploads open: 20 normal flips, slowest {max(latencies) * 1000:.0f} ms; "
+          "nginx cut every stalled upload")
+
+
+def _closed_or_answered(sock: socket.socket) -> bool:
+    sock.settimeout(0.01)
+    try:
+        data = sock.recv(4096)
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+    return data == b"" or data.startswith(b"HTTP/1.1 408")
+
+
+def test_back_pressure_answers_503_quickly_when_every_replica_is_full(stack):
+    flipfleet = stack(1)
+    photo = load_sample(None)
+
+    def post() -> tuple[int, float, requests.Response]:
+        started = time.monotonic()
+        response = requests.post(flipfleet.url + "/flip", data=photo, headers={"Content-Type": "image/jpeg"}, timeout=120)
+        return response.status_code, time.monotonic() - started, response
+
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(lambda _: post(), range(40)))
+
+    by_status = collections.Counter(status for status, _, _ in results)
+    refused = [(elapsed, response) for status, elapsed, response in results if status == 503]
+    assert set(by_status) <= {200, 503}, by_status
+    assert by_status[200] >= 16  # max_conns: every replica takes up to 16 requests at once
+    assert refused, "40 concurrent flips to 1 replica must overflow its bound of 16"
+    for elapsed, response in refused:
+        assert response.json()["status"] == 503
+        assert response.headers["Retry-After"] == "1"
+    slowest_refusal = max(elapsed for elapsed, _ in refused)
+    slowest_flip = max(elapsed for status, elapsed, _ in results if status == 200)
+    assert slowest_refusal < slowest_flip
+    print(f"40 concurrent flips to 1 replica: {dict(by_status)}; refusals within {slowest_refusal:.2f} s "
+          f"(they wait only for their own upload), the last flip after {slowest_flip:.2f} s")
+
+
+def test_memory_stays_flat_under_steady_load(stack, tmp_path):
+    flipfleet = stack(2)
+    replicas = flipfleet.container_ids()
+    photo = tmp_path / "sample.jpg"
+    photo.write_bytes(load_sample(None))
+    # A replica's memory swings by a photo's worth within each flip, so compare the highest
+    # sample of a 10 s window after the first minute with the highest of the last 10 s.
+    samples: dict[str, list[tuple[float, int]]] = {c: [] for c in replicas}
+
+    def sample(stop: threading.Event) -> None:
+        started = time.monotonic()
+        while not stop.wait(0.5):
+            for container in replicas:
+                samples[container].append((time.monotonic() - started, usage.memory(container)["anon"]))
+
+    stop = threading.Event()
+    thread = threading.Thread(target=sample, args=(stop,))
+    thread.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "locust", "--config", "loadtest/locust.conf", "--host", flipfleet.url,
+             "--users", "4", "--spawn-rate", "4", "--run-time", f"{SOAK_SECONDS}s", "--csv", str(tmp_path / "soak"),
+             "FlipUser"],
+            cwd=ROOT, capture_output=True, text=True, timeout=SOAK_SECONDS + 120,
+            env={**os.environ, "FLIP_PHOTO": str(photo)},
+        )
+    finally:
+        stop.set()
+        thread.join()
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def highest(container: str, start: float, end: float) -> int:
+        return max(anon for at, anon in samples[container] if start <= at < end)
+
+    last = max(at for at, _ in samples[replicas[0]])
+    after_a_minute = {c: highest(c, 50, 60) for c in replicas}
+    at_end = {c: highest(c, last - 10, last + 1) for c in replicas}
+    growth = {c[:12]: at_end[c] / after_a_minute[c] - 1 for c in replicas}
+    print(f"{SOAK_SECONDS} s of 4 users: replica memory (highest in 10 s) after 1 min -> at the end: " + ", ".join(
+        f"{c[:12]} {after_a_minute[c] / 2**20:.0f} -> {at_end[c] / 2**20:.0f} MiB ({growth[c[:12]]:+.1%})"
+        for c in replicas))
+    assert all(abs(change) <= 0.20 for change in growth.values()), growth
+
+
+def _process_uids(container: str) -> set[int]:
+    """The real uids of every process in the container, read from the host's /proc."""
+    table = subprocess.run(["docker", "top", container], capture_output=True, text=True, check=True).stdout
+    header, *rows = table.splitlines()
+    pid_column = header.split().index("PID")
+    uids = set()
+    for row in rows:
+        pid = row.split()[pid_column]
+        status = Path(f"/proc/{pid}/status").read_text()
+        uids.add(int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1]))
+    assert uids, table
+    return uids
+
+
+def test_secure_defaults(stack):
+    flipfleet = stack(1)
+    for service in ("web", "nginx"):
+        (container,) = flipfleet.container_ids(service)
+        assert flipfleet.inspect(container, "{{.HostConfig.ReadonlyRootfs}}") == "true"
+        assert flipfleet.inspect(container, "{{json .HostConfig.CapDrop}}") in ('["ALL"]', '["all"]')
+        assert "no-new-privileges" in flipfleet.inspect(container, "{{json .HostConfig.SecurityOpt}}")
+        user = flipfleet.inspect(container, "{{.Config.User}}")
+        assert user and user.split(":")[0] not in ("0", "root")
+        assert _process_uids(container) - {0} == _process_uids(container), f"{service} runs a process as root"
+    (web,) = flipfleet.container_ids("web")
+    assert flipfleet.inspect(web, "{{json .HostConfig.PortBindings}}") in ("{}", "null")
+    (nginx,) = flipfleet.container_ids("nginx")
+    bindings = flipfleet.inspect(nginx, '{{range $p, $b := .HostConfig.PortBindings}}{{range $b}}{{.HostIp}} {{end}}{{end}}')
+    assert bindings.split() == ["127.0.0.1"]
+
+    response = requests.get(flipfleet.url + "/", timeout=5)
+    assert response.headers["Server"] == "nginx"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    error = requests.get(flipfleet.url + "/nowhere", timeout=5)
+    assert error.headers["X-Content-Type-Options"] == "nosniff"
