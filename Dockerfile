@@ -34,6 +34,6 @@ USER flipfleet
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-# waitress closes cleanly on SIGINT (KeyboardInterrupt); PID 1 ignores an unhandled SIGTERM.
+# waitress closes cleanly on SIGINT (KeyboardInterrupt), its own stop signal.
 STOPSIGNAL SIGINT
 CMD ["python", "-m", "service"]

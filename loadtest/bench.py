@@ -62,7 +62,7 @@ def log(message: str) -> None:
 def _flip_for(seconds: float, sample: bytes, start: float) -> int:
     """Flips done in `seconds`, on a worker thread as waitress runs them (see loadtest.overhead),
     with Pillow's memory kept between pictures as the service keeps it."""
-    keep_image_memory(Settings().pillow_blocks)
+    keep_image_memory(Settings.from_env().pillow_blocks)
     def loop() -> int:
         while time.time() < start:
             time.sleep(0.01)
@@ -118,8 +118,9 @@ def burst(url: str, photo: bytes, clients: int = BURST) -> dict:
 
 # -- locust --------------------------------------------------------------------------------
 
-def locust(url: str, users: int, seconds: int, prefix: Path, photo: Path) -> dict:
-    """A headless locust run of FlipUser posting `photo`; its numbers for /flip from locust's CSV."""
+def run_locust(url: str, users: int, seconds: int, prefix: Path, photo: Path) -> dict:
+    """A headless locust run of FlipUser posting `photo`; its exit code and its numbers for
+    /flip from locust's CSV (exit code 1 means some requests failed, which the numbers show)."""
     command = [
         sys.executable, "-m", "locust", "--config", "loadtest/locust.conf", "--host", url,
         "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds}s",
@@ -128,11 +129,15 @@ def locust(url: str, users: int, seconds: int, prefix: Path, photo: Path) -> dic
     # Bounded: locust stops itself after run-time; the timeout only catches a hung run.
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 120,
                             env={**os.environ, "FLIP_PHOTO": str(photo)})
-    with open(f"{prefix}_stats.csv", newline="") as f:
-        row = next(r for r in csv.DictReader(f) if r["Name"] == "/flip")
-    if result.returncode not in (0, 1):  # 1: some requests failed, which the numbers show
-        raise RuntimeError(f"locust exited {result.returncode}: {result.stderr[-2000:]}")
+    stats = Path(f"{prefix}_stats.csv")
+    row = None
+    if stats.is_file():
+        with stats.open(newline="") as f:
+            row = next((r for r in csv.DictReader(f) if r["Name"] == "/flip"), None)
+    if result.returncode not in (0, 1) or row is None:
+        raise RuntimeError(f"locust exited {result.returncode} with no /flip figures: {result.stderr[-2000:]}")
     return {
+        "exit_code": result.returncode,
         "users": users,
         "requests": int(row["Request Count"]),
         "failures": int(row["Failure Count"]),
@@ -197,7 +202,7 @@ def compose_defaults() -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in ("WEB_REPLICAS", "FLIP_THREADS")}
     config = json.loads(
         subprocess.run(["docker", "compose", "config", "--format", "json"], cwd=ROOT, env=clean,
-                       capture_output=True, text=True, check=True).stdout
+                       capture_output=True, text=True, check=True, timeout=60).stdout
     )
     web = config["services"]["web"]
     return {"replicas": int(web["deploy"]["replicas"]), "threads": int(web["environment"]["FLIP_THREADS"])}
@@ -208,7 +213,8 @@ def machine() -> dict:
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")), platform.processor(),
     )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=30)
     return {
         "cores": os.cpu_count(),
         "cpu": model,
@@ -241,11 +247,15 @@ class Bench:
     def teardown(self) -> None:
         for stack in list(self.stacks):
             log(f"tearing down {stack.project}")
-            self.down(stack)
+            try:
+                self.down(stack)
+            except Exception as exc:  # keep going: every other stack must come down too
+                log(f"  could not tear down {stack.project}: {exc}")
 
-    def measure(self, stack: Stack, label: str, user_counts: list[int]) -> dict:
+    def measure(self, stack: Stack, replicas: int, label: str, user_counts: list[int]) -> dict:
         """The burst, then a locust run at each user count."""
-        burst(stack.url, self.photo, clients=1)  # warm-up: the first flip of a replica is slower
+        # Warm-up, one flip per replica (least_conn spreads them): a replica's first is slower.
+        burst(stack.url, self.photo, clients=replicas)
         result, used = cpu_during(stack, lambda: burst(stack.url, self.photo))
         result["burst_cpu_s"] = used
         log(f"  burst of {BURST}: first {result['burst_first_s']:.2f} s, last {result['burst_last_s']:.2f} s")
@@ -254,7 +264,7 @@ class Bench:
             prefix = self.out / label / f"users{users}"
             prefix.parent.mkdir(parents=True, exist_ok=True)
             numbers, used = cpu_during(
-                stack, lambda: locust(stack.url, users, self.args.duration, prefix, self.photo_path)
+                stack, lambda: run_locust(stack.url, users, self.args.duration, prefix, self.photo_path)
             )
             numbers["cpu_s"] = used
             runs.append(numbers)
@@ -274,7 +284,8 @@ class Bench:
         self.photo_path = self.out / "sample.jpg"
         self.photo_path.write_bytes(self.photo)
         summary: dict = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                         "quick": args.quick, "machine": machine(), "settings": vars(args)}
+                         "quick": args.quick, "machine": machine(), "settings": vars(args),
+                         "article": {"published": ARTICLE_PUBLISHED, "on_two_cores_reported": ARTICLE_ON_TWO_CORES}}
         log(f"machine: {summary['machine']}")
         defaults = compose_defaults()
         summary["compose_defaults"] = defaults
@@ -287,7 +298,7 @@ class Bench:
         for replicas in args.replicas:
             stack = self.stack(f"r{replicas}", replicas, FLIP_THREADS=str(defaults["threads"]))
             try:
-                result = self.measure(stack, f"replicas{replicas}", args.users)
+                result = self.measure(stack, replicas, f"replicas{replicas}", args.users)
             finally:
                 self.down(stack)
             result["threads"] = defaults["threads"]
@@ -336,7 +347,7 @@ class Bench:
         ):
             stack = self.stack(f"gil{replicas}", replicas, FLIP_THREADS=str(per_replica))
             try:
-                result = self.measure(stack, f"gil-{replicas}x{per_replica}", [users])
+                result = self.measure(stack, replicas, f"gil-{replicas}x{per_replica}", [users])
             finally:
                 self.down(stack)
             found[label] = self.relate(result, summary)
@@ -347,7 +358,7 @@ class Bench:
         self.stacks.append(stack)
         log("what nginx adds to GET /: 1 replica, its port also published on loopback")
         stack.compose("-f", "compose.yaml", "-f", str(DIRECT_OVERRIDE), "up", "-d", "--no-build", "--wait",
-                      "--scale", "web=1", timeout=300)
+                      "--wait-timeout", "180", "--scale", "web=1", timeout=300)
         try:
             get_latencies("127.0.0.1", stack.port, 50)  # warm-up
             result = nginx_overhead(stack, self.args.nginx_rounds)

