@@ -7,10 +7,11 @@ import os
 import secrets
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import requests
+
+from loadtest.local import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UP_TIMEOUT_S = 180
@@ -104,15 +105,8 @@ class Stack:
 
     def wait_for_nginx(self, timeout: float = 30) -> None:
         """Raise unless nginx answers on the published port within `timeout` seconds."""
-        deadline, last = time.monotonic() + timeout, None
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/nginx-health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException as exc:
-                last = exc
-            time.sleep(0.5)
-        raise RuntimeError(f"nginx does not answer on {self.url}: {last}\n{self.logs('nginx')[-2000:]}")
+        if not wait_for(lambda: self.answers("/nginx-health"), timeout=timeout, interval=0.5):
+            raise RuntimeError(f"nginx does not answer on {self.url}:\n{self.logs('nginx')[-2000:]}")
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", "--timeout", "5", timeout=120, check=False)
