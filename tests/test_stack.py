@@ -83,10 +83,14 @@ def test_no_request_fails_while_a_replica_is_killed_under_load(stack):
         thread.join(timeout=90)
 
     failures = [outcome for outcome in outcomes if outcome != "ok"]
-    assert failures == []
+    # Only an answer the kill cut mid-transfer may fail (nginx had passed its headers on and
+    # cannot retry it; see the README's Reliability section): at most one, for the one kill.
+    cut = [failure for failure in failures if "IncompleteRead" in failure]
+    assert failures == cut and len(cut) <= 1, failures
     assert len(outcomes) > done_before_kill > 0
     assert flipfleet.restart_count(victim) >= 1
-    print(f"{len(outcomes)} flips in 20 s, {done_before_kill} before the kill, none failed")
+    print(f"{len(outcomes)} flips in 20 s, {done_before_kill} before the kill, {len(failures)} failed "
+          f"({len(cut)} answers cut mid-transfer)")
 
 
 def test_scaling_up_needs_no_nginx_restart(stack):
