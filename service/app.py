@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -27,25 +29,46 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 STARTED = time.monotonic()
 
 
-def create_app(test_config: dict | None = None) -> Flask:
-    """The flip service; settings from the environment, then from `test_config`."""
-    settings = Settings.from_env()
+class Busy(Exception):
+    """The replica already holds as many flips as its queue allows."""
+
+
+class FlipGate:
+    """At most `concurrency` flips at once, at most `queue` held (running or waiting); one more
+    is refused at once rather than queued, so that nginx can try another replica."""
+
+    def __init__(self, concurrency: int, queue: int):
+        self.queue = queue
+        self.held = 0  # flips admitted and not yet done
+        self._count_lock = threading.Lock()
+        self._running = threading.BoundedSemaphore(concurrency)
+
+    @contextlib.contextmanager
+    def admit(self):
+        with self._count_lock:
+            if self.held >= self.queue:
+                raise Busy
+            self.held += 1
+        try:
+            with self._running:
+                yield
+        finally:
+            with self._count_lock:
+                self.held -= 1
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The flip service; `settings` default to the environment's (Settings.from_env)."""
+    settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config.from_mapping(
-        MAX_CONTENT_LENGTH=settings.max_bytes,
-        MAX_PIXELS=settings.max_pixels,
-        MAX_FRAMES=settings.max_frames,
-        MAX_TOTAL_PIXELS=settings.max_total_pixels,
-        SAMPLE_PATH=settings.sample_path,
-        REPLICA=settings.replica,
-    )
-    if test_config:
-        app.config.from_mapping(test_config)
+    app.config.from_mapping(MAX_CONTENT_LENGTH=settings.max_bytes, SETTINGS=settings)
+    app.extensions["flip_gate"] = FlipGate(settings.concurrency, settings.queue)
 
     app.before_request(_start_clock)
     app.after_request(_finish)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(imaging.ImageError, _image_error)
+    app.register_error_handler(Busy, _busy)
     app.register_error_handler(MemoryError, _out_of_memory)
     app.register_error_handler(Exception, _internal_error)
 
@@ -63,6 +86,7 @@ def healthz() -> Response:
     return jsonify(
         status="ok",
         replica=_replica(),
+        version=_settings().version,
         pid=os.getpid(),
         uptime_s=round(time.monotonic() - STARTED, 1),
     )
@@ -72,18 +96,23 @@ def flip() -> Response:
     direction = request.args.get("direction", "vertical")
     if direction not in imaging.DIRECTIONS:
         abort(400, f"direction must be one of {', '.join(imaging.DIRECTIONS)}, not {direction!r}")
-    data = _uploaded_picture()
+    with current_app.extensions["flip_gate"].admit():
+        data = _uploaded_picture()
+        result = _flip(data, direction)
+    response = Response(result.data, mimetype=result.media_type)
+    response.headers["X-Image-Size"] = f"{result.width}x{result.height}"
+    response.headers["X-Image-Frames"] = str(result.frames)
+    return response
+
+
+def _flip(data: bytes, direction: str) -> imaging.Flipped:
     try:
-        result = imaging.flip(data, direction, _limits())
+        return imaging.flip(data, direction, _settings().limits)
     except imaging.NotAnImage:
         declared = request.mimetype
         if declared.startswith("image/") and declared not in _readable_media_types():
             abort(415, f"{declared} is not supported; send one of {', '.join(imaging.MEDIA_TYPES)}")
         raise
-    response = Response(result.data, mimetype=result.media_type)
-    response.headers["X-Image-Size"] = f"{result.width}x{result.height}"
-    response.headers["X-Image-Frames"] = str(result.frames)
-    return response
 
 
 def _uploaded_picture() -> bytes:
@@ -108,7 +137,7 @@ def _uploaded_picture() -> bytes:
         return data
     if mimetype:
         abort(400, "the body is empty: send a picture, or no body and no Content-Type for the sample")
-    return load_sample(current_app.config["SAMPLE_PATH"] or None)
+    return load_sample(_settings().sample_path or None)
 
 
 def _readable_media_types() -> set[str]:
@@ -116,16 +145,12 @@ def _readable_media_types() -> set[str]:
     return set(imaging.MEDIA_TYPES.values()) | {"image/jpg", "image/pjpeg", "image/x-ms-bmp", "image/x-png"}
 
 
-def _limits() -> imaging.Limits:
-    return imaging.Limits(
-        max_pixels=current_app.config["MAX_PIXELS"],
-        max_frames=current_app.config["MAX_FRAMES"],
-        max_total_pixels=current_app.config["MAX_TOTAL_PIXELS"],
-    )
+def _settings() -> Settings:
+    return current_app.config["SETTINGS"]
 
 
 def _replica() -> str:
-    return current_app.config["REPLICA"]
+    return _settings().replica
 
 
 def _start_clock() -> None:
@@ -140,6 +165,7 @@ def _finish(response: Response) -> Response:
     elapsed_ms = (time.perf_counter() - started) * 1000
     response.headers["X-Response-Time"] = f"{elapsed_ms:.1f}ms"
     response.headers["X-Served-By"] = _replica()
+    response.headers["X-Flipfleet-Version"] = _settings().version
     response.headers["X-Request-ID"] = request_id
     access_log.info(
         "%s replica=%s rid=%s %s %s %d %dB %.1fms",
@@ -175,6 +201,13 @@ def _http_error(exc: HTTPException) -> Response:
 
 def _image_error(exc: imaging.ImageError) -> Response:
     return _json_error(ERROR_STATUS[type(exc)], str(exc))
+
+
+def _busy(exc: Busy) -> Response:
+    queue = current_app.extensions["flip_gate"].queue
+    response = _json_error(503, f"the replica holds {queue} flips already; retry after 1 s")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _out_of_memory(exc: MemoryError) -> Response:

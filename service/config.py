@@ -1,67 +1,90 @@
-"""Settings from environment variables, each with a safe default; the README lists them."""
+"""Settings: the defaults in service/defaults.env, overridden by environment variables."""
 
-from __future__ import annotations
-
+import dataclasses
 import os
 import socket
-from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Mapping
+
+from service.imaging import Limits
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.env")
+# Threads beyond the flip queue, so that /healthz, /metrics and GET / never wait behind flips.
+LIGHT_THREADS = 4
 
 
 class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    threads: int = 2
-    max_bytes: int = 25 * 1024 * 1024
-    max_pixels: int = 50_000_000
-    max_frames: int = 100
-    max_total_pixels: int = 50_000_000
-    sample_path: str = ""
-    replica_name: str = ""
-    pillow_blocks: int = 16
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as a shell and `docker compose --env-file` read them (no quoting)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
 
-    # setting -> environment variable
-    ENV = {
-        "host": "HOST",
-        "port": "PORT",
-        "threads": "FLIP_THREADS",
-        "max_bytes": "FLIP_MAX_BYTES",
-        "max_pixels": "FLIP_MAX_PIXELS",
-        "max_frames": "FLIP_MAX_FRAMES",
-        "max_total_pixels": "FLIP_MAX_TOTAL_PIXELS",
-        "sample_path": "FLIP_SAMPLE_PATH",
-        "replica_name": "FLIP_REPLICA_NAME",
-        "pillow_blocks": "FLIP_PILLOW_BLOCKS",
-    }
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = dataclasses.field(metadata={"env": "HOST"})
+    port: int = dataclasses.field(metadata={"env": "PORT", "minimum": 0})  # 0: a free port
+    concurrency: int = dataclasses.field(metadata={"env": "FLIP_CONCURRENCY"})
+    queue: int = dataclasses.field(metadata={"env": "FLIP_QUEUE"})
+    max_bytes: int = dataclasses.field(metadata={"env": "FLIP_MAX_BYTES"})
+    max_pixels: int = dataclasses.field(metadata={"env": "FLIP_MAX_PIXELS"})
+    max_frames: int = dataclasses.field(metadata={"env": "FLIP_MAX_FRAMES"})
+    max_total_pixels: int = dataclasses.field(metadata={"env": "FLIP_MAX_TOTAL_PIXELS"})
+    drain_seconds: int = dataclasses.field(metadata={"env": "FLIP_DRAIN_SECONDS", "minimum": 0})
+    pillow_blocks: int = dataclasses.field(metadata={"env": "FLIP_PILLOW_BLOCKS", "minimum": 0})
+    sample_path: str = dataclasses.field(metadata={"env": "FLIP_SAMPLE_PATH"})
+    replica_name: str = dataclasses.field(metadata={"env": "FLIP_REPLICA_NAME"})
+    version: str = dataclasses.field(metadata={"env": "FLIP_VERSION"})
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides) -> "Settings":
+        """The defaults file under `environ`; `overrides` (field names) win over both."""
+        layered = {**read_env_file(DEFAULTS_FILE), **{k: v for k, v in environ.items() if v.strip()}}
         values = {}
-        for field in fields(cls):
-            raw = environ.get(cls.ENV[field.name], "").strip()
-            if not raw:
-                continue
-            if field.type == "int":
-                # PORT=0 asks the OS for a free port, FLIP_PILLOW_BLOCKS=0 keeps no image memory;
-                # every other number must be positive.
-                minimum = 0 if field.name in ("port", "pillow_blocks") else 1
-                values[field.name] = _whole_number(cls.ENV[field.name], raw, minimum)
+        for field in dataclasses.fields(cls):
+            name = field.metadata["env"]
+            if name not in layered:
+                raise ConfigError(f"{name} has no default in {DEFAULTS_FILE.name}")
+            raw = layered[name].strip()
+            if field.type is int:
+                values[field.name] = _whole_number(name, raw, field.metadata.get("minimum", 1))
             else:
                 values[field.name] = raw
-        settings = cls(**values)
+        settings = cls(**{**values, **overrides})
         if settings.port > 65535:
             raise ConfigError(f"PORT must be at most 65535, not {settings.port}")
+        if settings.queue < settings.concurrency:
+            raise ConfigError(
+                f"FLIP_QUEUE ({settings.queue}) must be at least FLIP_CONCURRENCY ({settings.concurrency})"
+            )
         return settings
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """Field name -> environment variable."""
+        return {field.name: field.metadata["env"] for field in dataclasses.fields(cls)}
 
     @property
     def replica(self) -> str:
         """The name GET / and X-Served-By give: the container's hostname unless set."""
         return self.replica_name or socket.gethostname()
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_pixels=self.max_pixels, max_frames=self.max_frames, max_total_pixels=self.max_total_pixels)
+
+    @property
+    def threads(self) -> int:
+        """waitress threads: one for every flip the replica may hold, and a few for the rest."""
+        return self.queue + LIGHT_THREADS
 
 
 def _whole_number(name: str, raw: str, minimum: int) -> int:

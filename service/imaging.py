@@ -64,11 +64,17 @@ class TooLarge(ImageError):
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = 50_000_000
-    max_frames: int = 100
+    """What one picture may hold; the service builds them from its settings (service.config)."""
+
+    max_pixels: int
+    max_frames: int
     # All frames of an animation together, kept flipped until they are written (~4 bytes a
-    # pixel): bounds the memory one request can take well inside a replica's 1 GiB.
-    max_total_pixels: int = 50_000_000
+    # pixel): bounds the memory one request can take.
+    max_total_pixels: int
+
+
+# Only Pillow's own decompression-bomb guard: for callers that set no limits of their own.
+NO_LIMITS = Limits(max_pixels=2**63, max_frames=2**63, max_total_pixels=2**63)
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class Flipped:
         return MEDIA_TYPES[self.format]
 
 
-def flip(data: bytes, direction: str = "vertical", limits: Limits = Limits()) -> Flipped:
+def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS) -> Flipped:
     """Flip the picture in `data` and encode it again in its own format.
 
     The EXIF orientation is applied first, so the result is the flip of what a viewer shows,

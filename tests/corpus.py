@@ -18,7 +18,7 @@ from tests.pictures import encode, gif_declaring, photo, picture, png_declaring
 
 FORMATS = tuple(MEDIA_TYPES)
 MEDIA = MEDIA_TYPES
-LIMIT = Settings().max_bytes  # the default that compose.yaml ships
+LIMIT = Settings.from_env({}).max_bytes  # the default that compose.yaml ships
 
 
 @dataclass

@@ -1,9 +1,14 @@
 import io
 import logging
+import threading
 
 import pytest
 from PIL import Image
 
+from harness import wait_for
+from service import imaging
+from service.app import create_app
+from service.config import Settings
 from service.sample import load_sample
 from tests.pictures import animation, decode, encode, picture, png_declaring
 
@@ -94,8 +99,8 @@ def test_answer_is_in_the_format_sent(client, fmt, media_type):
     assert decode(response.data).format == fmt
 
 
-def test_no_body_flips_the_sample(app, client):
-    app.config.update(MAX_PIXELS=50_000_000, MAX_TOTAL_PIXELS=50_000_000)  # the sample: 24 MP
+def test_no_body_flips_the_sample():
+    client = create_app(Settings.from_env({})).test_client()  # the default limits: the sample is 24 MP
     response = client.post("/flip")
     assert response.status_code == 200
     assert response.mimetype == "image/jpeg"
@@ -147,8 +152,6 @@ def test_json_404_and_405_with_allow(client):
 
 
 def test_unexpected_error_is_json_500_and_logged(app, client, caplog, monkeypatch):
-    from service import imaging
-
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
@@ -160,8 +163,6 @@ def test_unexpected_error_is_json_500_and_logged(app, client, caplog, monkeypatc
 
 
 def test_out_of_memory_is_503_with_retry_after(app, client, monkeypatch):
-    from service import imaging
-
     def exhausted(*args, **kwargs):
         raise MemoryError
 
@@ -172,11 +173,41 @@ def test_out_of_memory_is_503_with_retry_after(app, client, monkeypatch):
 
 
 def test_limits_come_from_the_environment(monkeypatch, png):
-    from service.app import create_app
-
     monkeypatch.setenv("FLIP_MAX_PIXELS", "100")
     monkeypatch.setenv("FLIP_REPLICA_NAME", "from-env")
-    client = create_app({"TESTING": True}).test_client()
+    client = create_app().test_client()
     response = client.post("/flip", data=png, content_type="image/png")
     assert_json_error(response, 413, "the limit is 100")
     assert response.headers["X-Served-By"] == "from-env"
+
+
+
+def test_a_full_queue_refuses_at_once_with_503_and_retry_after(app, png, monkeypatch):
+    gate = app.extensions["flip_gate"]
+    release, real_flip = threading.Event(), imaging.flip
+
+    def slow_flip(*args, **kwargs):
+        release.wait(10)
+        return real_flip(*args, **kwargs)
+
+    monkeypatch.setattr(imaging, "flip", slow_flip)
+    statuses = []
+
+    def post() -> None:
+        statuses.append(app.test_client().post("/flip", data=png, content_type="image/png").status_code)
+
+    holders = [threading.Thread(target=post) for _ in range(gate.queue)]
+    for thread in holders:
+        thread.start()
+    try:
+        assert wait_for(lambda: gate.held == gate.queue, timeout=10)  # one flipping, the rest waiting
+        response = app.test_client().post("/flip", data=png, content_type="image/png")
+        assert_json_error(response, 503, f"holds {gate.queue} flips")
+        assert response.headers["Retry-After"] == "1"
+        assert app.test_client().get("/healthz").status_code == 200  # light requests pass by
+    finally:
+        release.set()
+        for thread in holders:
+            thread.join(timeout=30)
+    assert statuses == [200] * gate.queue
+    assert gate.held == 0

@@ -1,6 +1,8 @@
+import socket
+
 import pytest
 
-from service.config import ConfigError, Settings
+from service.config import DEFAULTS_FILE, ConfigError, Settings, read_env_file
 
 
 def test_defaults_are_safe():
@@ -9,33 +11,56 @@ def test_defaults_are_safe():
     assert settings.port == 8000
     assert settings.max_bytes == 25 * 1024 * 1024
     assert settings.max_pixels == 50_000_000
+    assert (settings.concurrency, settings.queue) == (1, 8)
+
+
+def test_every_setting_has_its_default_and_nothing_else_is_in_the_file():
+    assert set(read_env_file(DEFAULTS_FILE)) == set(Settings.env_names().values())
 
 
 def test_every_setting_has_its_variable():
     environ = {
         "HOST": "0.0.0.0",
         "PORT": "9000",
-        "FLIP_THREADS": "4",
+        "FLIP_CONCURRENCY": "2",
+        "FLIP_QUEUE": "4",
         "FLIP_MAX_BYTES": "1_000_000",
         "FLIP_MAX_PIXELS": "10",
         "FLIP_MAX_FRAMES": "3",
         "FLIP_MAX_TOTAL_PIXELS": "30",
+        "FLIP_DRAIN_SECONDS": "0",
         "FLIP_SAMPLE_PATH": "/srv/sample.jpg",
         "FLIP_REPLICA_NAME": "web-1",
         "FLIP_PILLOW_BLOCKS": "0",
+        "FLIP_VERSION": "1.2.3",
     }
+    assert set(environ) == set(Settings.env_names().values())
     settings = Settings.from_env(environ)
-    assert (settings.host, settings.port, settings.threads) == ("0.0.0.0", 9000, 4)
+    assert (settings.host, settings.port, settings.concurrency, settings.queue) == ("0.0.0.0", 9000, 2, 4)
     assert (settings.max_bytes, settings.max_pixels, settings.max_frames) == (1_000_000, 10, 3)
     assert settings.max_total_pixels == 30
+    assert settings.drain_seconds == 0
     assert settings.sample_path == "/srv/sample.jpg"
     assert settings.replica == "web-1"
     assert settings.pillow_blocks == 0
+    assert settings.version == "1.2.3"
+
+
+def test_limits_are_built_from_the_settings():
+    limits = Settings.from_env({"FLIP_MAX_PIXELS": "10", "FLIP_MAX_FRAMES": "3", "FLIP_MAX_TOTAL_PIXELS": "30"}).limits
+    assert (limits.max_pixels, limits.max_frames, limits.max_total_pixels) == (10, 3, 30)
+
+
+def test_threads_leave_room_for_light_requests_beside_a_full_queue():
+    settings = Settings.from_env({"FLIP_QUEUE": "5"})
+    assert settings.threads > settings.queue
+
+
+def test_an_empty_variable_means_the_default():
+    assert Settings.from_env({"FLIP_MAX_BYTES": " "}).max_bytes == 25 * 1024 * 1024
 
 
 def test_replica_defaults_to_the_hostname():
-    import socket
-
     assert Settings.from_env({}).replica == socket.gethostname()
 
 
@@ -44,15 +69,17 @@ def test_port_zero_asks_for_a_free_port():
 
 
 @pytest.mark.parametrize(
-    ("name", "value", "message"),
+    ("environ", "message"),
     [
-        ("PORT", "http", "PORT must be a whole number"),
-        ("PORT", "70000", "at most 65535"),
-        ("FLIP_THREADS", "0", "FLIP_THREADS must be at least 1"),
-        ("FLIP_MAX_BYTES", "-5", "at least 1"),
-        ("FLIP_MAX_PIXELS", "1e6", "whole number"),
+        ({"PORT": "http"}, "PORT must be a whole number"),
+        ({"PORT": "70000"}, "at most 65535"),
+        ({"FLIP_QUEUE": "0"}, "FLIP_QUEUE must be at least 1"),
+        ({"FLIP_MAX_BYTES": "-5"}, "at least 1"),
+        ({"FLIP_MAX_PIXELS": "1e6"}, "whole number"),
+        ({"FLIP_DRAIN_SECONDS": "-1"}, "FLIP_DRAIN_SECONDS must be at least 0"),
+        ({"FLIP_CONCURRENCY": "3", "FLIP_QUEUE": "2"}, "FLIP_QUEUE \\(2\\) must be at least FLIP_CONCURRENCY \\(3\\)"),
     ],
 )
-def test_bad_values_are_refused_by_name(name, value, message):
+def test_bad_values_are_refused_by_name(environ, message):
     with pytest.raises(ConfigError, match=message):
-        Settings.from_env({name: value})
+        Settings.from_env(environ)

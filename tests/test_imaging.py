@@ -1,4 +1,5 @@
 import io
+from dataclasses import replace
 
 import pytest
 from PIL import Image, ImageCms, JpegImagePlugin
@@ -181,20 +182,20 @@ def test_other_real_formats_are_unsupported(fmt):
 )
 def test_pixel_limit_is_checked_from_the_header(data):
     with pytest.raises(imaging.TooLarge, match="pixels"):
-        imaging.flip(data, limits=imaging.Limits(max_pixels=50_000_000))
+        imaging.flip(data, limits=replace(imaging.NO_LIMITS, max_pixels=50_000_000))
 
 
 def test_frame_limit():
     source, _ = animation("GIF", frames=6)
     with pytest.raises(imaging.TooLarge, match="more than 5 frames"):
-        imaging.flip(source, limits=imaging.Limits(max_frames=5))
-    assert imaging.flip(source, limits=imaging.Limits(max_frames=6)).frames == 6
+        imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_frames=5))
+    assert imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_frames=6)).frames == 6
 
 
 def test_total_pixel_limit_over_frames():
     source, _ = animation("GIF", frames=6, size=(100, 100))
     with pytest.raises(imaging.TooLarge, match="add up"):
-        imaging.flip(source, limits=imaging.Limits(max_total_pixels=50_000))
+        imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_total_pixels=50_000))
 
 
 def test_mpo_from_a_phone_is_written_as_jpeg():

@@ -5,12 +5,17 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import requests
 from PIL import Image
 
-from loadtest.local import start_service
+from harness import wait_for
+from harness.service import start_service
+from service import imaging
+from service.sample import load_sample
 from tests.pictures import decode, encode, picture
 
 MAX_BYTES = 2 * 1024 * 1024
@@ -99,9 +104,59 @@ def test_stops_cleanly_on_signal(sig):
     assert "stopped" in service.output[-1]
 
 
+def flips_in_flight(url: str, count: int) -> tuple[list, list[threading.Thread]]:
+    """`count` flips of the 24 MP sample posted at once; their answers (or errors) land in the list."""
+    photo = load_sample(None)
+    answers: list = []
+
+    def post() -> None:
+        try:
+            response = requests.post(url + "/flip", data=photo, headers={"Content-Type": "image/jpeg"}, timeout=60)
+            answers.append((response.status_code, len(response.content)))
+        except requests.RequestException as exc:
+            answers.append(exc)
+
+    threads = [threading.Thread(target=post) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return answers, threads
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_finishes_every_request_in_flight_and_refuses_new_ones(sig):
+    service = start_service(FLIP_DRAIN_SECONDS="30")
+    answers, threads = flips_in_flight(service.url, 4)  # ~1 s of flipping, one at a time
+    assert wait_for(lambda: "POST /flip 200" in "".join(service.output), timeout=30)  # the first is done
+    service.process.send_signal(sig)
+    assert wait_for(lambda: "draining" in "".join(service.output), timeout=10)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(service.url + "/healthz", timeout=5)  # no longer accepting
+    for thread in threads:
+        thread.join(timeout=60)
+    assert service.process.wait(timeout=30) == 0
+    flipped_size = len(imaging.flip(load_sample(None)).data)
+    assert len(answers) == 4 and all(answer == (200, flipped_size) for answer in answers), answers
+    assert "0 connection(s) cut" in service.output[-1]
+
+
+def test_the_drain_ends_at_its_deadline():
+    service = start_service(FLIP_DRAIN_SECONDS="1")
+    answers, threads = flips_in_flight(service.url, 12)  # several seconds of work, one at a time
+    assert wait_for(lambda: "POST /flip 200" in "".join(service.output), timeout=30)
+    stopped_at = time.monotonic()
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(timeout=30) == 0
+    took = time.monotonic() - stopped_at
+    for thread in threads:
+        thread.join(timeout=60)
+    assert took < 5, took  # the deadline (1 s), plus the flip that was running
+    assert "cut by the drain deadline" in service.output[-1] and "(0 connection(s)" not in service.output[-1]
+    print(f"drain deadline 1 s: the process ended {took:.2f} s after SIGTERM; answers {answers}")
+
+
 def test_bad_configuration_is_reported_not_ignored():
-    environ = {**os.environ, "FLIP_THREADS": "many"}
+    environ = {**os.environ, "FLIP_QUEUE": "many"}
     result = subprocess.run([sys.executable, "-m", "service"], env=environ, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
-    assert "FLIP_THREADS must be a whole number" in result.stdout
+    assert "FLIP_QUEUE must be a whole number" in result.stdout
