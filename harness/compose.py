@@ -1,20 +1,25 @@
 """Drive the compose stack for the end-to-end tests and the benchmark: a real Docker engine, a project
-name of its own, nginx published on a free 127.0.0.1 port, always torn down."""
+name of its own, nginx published on an ephemeral 127.0.0.1 port read back from Docker, always torn down."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
-import socket
 import subprocess
 from pathlib import Path
 
 import requests
 
-from loadtest.local import wait_for
+from harness import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UP_TIMEOUT_S = 180
+# nginx's log_format flipfleet (nginx/nginx.conf.template).
+NGINX_ACCESS = re.compile(
+    r'rid=(?P<rid>\S+) "(?P<request>[^"]*)" (?P<status>\d{3}) \d+ upstream=(?P<upstreams>.*?) '
+    r"upstream_status=(?P<upstream_statuses>.*?) upstream_time="
+)
 
 
 class DockerUnavailable(RuntimeError):
@@ -52,18 +57,15 @@ def env_file() -> Path | None:
     return offline if offline.is_file() else None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def compose_base(project: str | None = None) -> list[str]:
+def compose_base(project: str | None = None, overrides: tuple[Path, ...] = ()) -> list[str]:
+    """`docker compose` with the env file, the project name, and compose.yaml plus `overrides`."""
     command = ["docker", "compose"]
     if env_file():
         command += ["--env-file", str(env_file())]
     if project:
         command += ["-p", project]
+    if overrides:
+        command += ["-f", str(ROOT / "compose.yaml"), *(arg for path in overrides for arg in ("-f", str(path)))]
     return command
 
 
@@ -85,28 +87,53 @@ def run(command: list[str], timeout: float = 120, env: dict | None = None, check
 
 
 class Stack:
-    """One compose project: nginx on 127.0.0.1:<free port> in front of the `web` replicas."""
+    """One compose project: nginx on 127.0.0.1:<ephemeral port> in front of the `web` replicas;
+    `overrides` are compose files layered over compose.yaml."""
 
-    def __init__(self, label: str, **env: str):
+    def __init__(self, label: str, *overrides: Path, **env: str):
         self.project = f"fftest-{label}-{secrets.token_hex(3)}"
-        self.port = free_port()
-        self.env = {"FLIP_PORT": str(self.port), "FLIP_BIND": "127.0.0.1", **env}
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.overrides = overrides
+        # An empty FLIP_PORT publishes nginx on an ephemeral port of 127.0.0.1 (compose.yaml).
+        self.env = {"FLIP_PORT": "", "FLIP_BIND": "127.0.0.1", **env}
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True):
-        return run(compose_base(self.project) + list(args), timeout=timeout, env=self.env, check=check)
+        return run(compose_base(self.project, self.overrides) + list(args), timeout=timeout, env=self.env,
+                   check=check)
 
     def up(self, replicas: int, *extra: str) -> None:
+        """Start `replicas` replicas (WEB_REPLICAS, so that nginx admits for as many) and nginx."""
+        self.env["WEB_REPLICAS"] = str(replicas)
         self.compose(
-            "up", "-d", "--no-build", "--wait", "--wait-timeout", str(UP_TIMEOUT_S),
-            "--scale", f"web={replicas}", *extra, timeout=UP_TIMEOUT_S + 60,
+            "up", "-d", "--no-build", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), *extra,
+            timeout=UP_TIMEOUT_S + 60,
         )
-        self.wait_for_nginx()
-
-    def wait_for_nginx(self, timeout: float = 30) -> None:
-        """Raise unless nginx answers on the published port within `timeout` seconds."""
-        if not wait_for(lambda: self.answers("/nginx-health"), timeout=timeout, interval=0.5):
+        if not self.wait_for_nginx():
             raise RuntimeError(f"nginx does not answer on {self.url}:\n{self.logs('nginx')[-2000:]}")
+
+    def compose_options(self) -> list[str]:
+        """The options that address this project, for commands that take them (scripts/rollout.sh)."""
+        return compose_base(self.project, self.overrides)[2:]
+
+    def published_port(self, service: str, port: int) -> int:
+        """The host port Docker gave `service`'s `port` (read again after a restart: it may change)."""
+        address = self.compose("port", service, str(port)).stdout.strip()
+        return int(address.rsplit(":", 1)[1])
+
+    def wait_for_nginx(self, timeout: float = 30, interval: float = 0.5) -> bool:
+        """Whether nginx answers on its published port (looked up again each try) within `timeout` s."""
+        def answering() -> bool:
+            try:
+                self.port = self.published_port("nginx", 8080)
+            except RuntimeError:
+                return False  # not running yet
+            return self.answers("/nginx-health", timeout=1)
+
+        return wait_for(answering, timeout=timeout, interval=interval)
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", "--timeout", "5", timeout=120, check=False)
@@ -139,6 +166,18 @@ class Stack:
 
     def logs(self, service: str) -> str:
         return self.compose("logs", "--no-color", service, check=False).stdout
+
+    def nginx_requests(self) -> list[dict]:
+        """nginx's access log, a dict per request: request, status, and the replicas tried in order
+        (`upstreams`, `upstream_statuses`: two entries when nginx retried on another replica)."""
+        found = []
+        for match in NGINX_ACCESS.finditer(self.logs("nginx")):
+            entry = match.groupdict()
+            entry["status"] = int(entry["status"])
+            entry["upstreams"] = entry["upstreams"].split(", ")
+            entry["upstream_statuses"] = entry["upstream_statuses"].split(", ")
+            found.append(entry)
+        return found
 
     def replica_names(self, requests_count: int) -> list[str]:
         """The replica that answered each of `requests_count` GET / through nginx."""

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import Iterator
 
 LISTENING = re.compile(r"listening on (http://\S+)")
@@ -73,13 +72,3 @@ def running_service(**env: str) -> Iterator[LocalService]:
     finally:
         service.stop()
 
-
-def wait_for(predicate, timeout: float, interval: float = 0.25):
-    """Poll `predicate` until it returns something true or `timeout` seconds pass; returns
-    its last value. Bounded by design."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import csv
 import datetime
 import http.client
 import json
@@ -31,9 +30,10 @@ import threading
 import time
 from pathlib import Path
 
-from loadtest import usage
+from harness import usage
 from loadtest.overhead import pillow_alone
-from loadtest.stack import ROOT, Stack, build_images, check_docker
+from harness.compose import ROOT, Stack, build_images, check_docker
+from harness.locust import run_locust
 from service.config import Settings
 from service.imaging import keep_image_memory
 from service.sample import load_sample
@@ -62,7 +62,7 @@ def log(message: str) -> None:
 def _flip_for(seconds: float, sample: bytes, start: float) -> int:
     """Flips done in `seconds`, on a worker thread as waitress runs them (see loadtest.overhead),
     with Pillow's memory kept between pictures as the service keeps it."""
-    keep_image_memory(Settings.from_env().pillow_blocks)
+    keep_image_memory(Settings.from_env({}).pillow_blocks)
     def loop() -> int:
         while time.time() < start:
             time.sleep(0.01)
@@ -118,34 +118,11 @@ def burst(url: str, photo: bytes, clients: int = BURST) -> dict:
 
 # -- locust --------------------------------------------------------------------------------
 
-def run_locust(url: str, users: int, seconds: int, prefix: Path, photo: Path) -> dict:
-    """A headless locust run of FlipUser posting `photo`; its exit code and its numbers for
-    /flip from locust's CSV (exit code 1 means some requests failed, which the numbers show)."""
-    command = [
-        sys.executable, "-m", "locust", "--config", "loadtest/locust.conf", "--host", url,
-        "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds}s",
-        "--csv", str(prefix), "--html", f"{prefix}.html", "FlipUser",
-    ]
-    # Bounded: locust stops itself after run-time; the timeout only catches a hung run.
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 120,
-                            env={**os.environ, "FLIP_PHOTO": str(photo)})
-    stats = Path(f"{prefix}_stats.csv")
-    row = None
-    if stats.is_file():
-        with stats.open(newline="") as f:
-            row = next((r for r in csv.DictReader(f) if r["Name"] == "/flip"), None)
-    if result.returncode not in (0, 1) or row is None:
-        raise RuntimeError(f"locust exited {result.returncode} with no /flip figures: {result.stderr[-2000:]}")
-    return {
-        "exit_code": result.returncode,
-        "users": users,
-        "requests": int(row["Request Count"]),
-        "failures": int(row["Failure Count"]),
-        "rps": round(float(row["Requests/s"]), 3),
-        "p50_ms": float(row["50%"]),
-        "p95_ms": float(row["95%"]),
-        "p99_ms": float(row["99%"]),
-    }
+def locust_figures(url: str, users: int, seconds: int, prefix: Path, photo: Path) -> dict:
+    """A headless locust run of FlipUser posting `photo`: its exit code and its /flip figures."""
+    run = run_locust(url, "FlipUser", users=users, seconds=seconds, csv_prefix=prefix, html=True,
+                     FLIP_PHOTO=str(photo))
+    return {"exit_code": run.exit_code, "users": users, **run.figures("/flip")}
 
 
 def cpu_during(stack: Stack, action):
@@ -179,8 +156,7 @@ def get_latencies(host: str, port: int, count: int) -> list[float]:
 
 def nginx_overhead(stack: Stack, rounds: int, per_round: int = 50) -> dict:
     """Median GET / latency through nginx and straight to the one replica, interleaved."""
-    direct = stack.compose("port", "web", "8000").stdout.strip().rsplit(":", 1)
-    direct_port = int(direct[1])
+    direct_port = stack.published_port("web", 8000)
     through, straight = [], []
     for _ in range(rounds):
         through += get_latencies("127.0.0.1", stack.port, per_round)
@@ -198,14 +174,14 @@ def nginx_overhead(stack: Stack, rounds: int, per_round: int = 50) -> dict:
 # -- the run -------------------------------------------------------------------------------
 
 def compose_defaults() -> dict:
-    """Replicas and threads as compose.yaml ships them (no variables set)."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("WEB_REPLICAS", "FLIP_THREADS")}
+    """Replicas as compose.yaml ships them (no variables set), flips at once as the service does."""
+    clean = {k: v for k, v in os.environ.items() if k != "WEB_REPLICAS" and not k.startswith("FLIP_")}
     config = json.loads(
         subprocess.run(["docker", "compose", "config", "--format", "json"], cwd=ROOT, env=clean,
                        capture_output=True, text=True, check=True, timeout=60).stdout
     )
     web = config["services"]["web"]
-    return {"replicas": int(web["deploy"]["replicas"]), "threads": int(web["environment"]["FLIP_THREADS"])}
+    return {"replicas": int(web["deploy"]["replicas"]), "threads": Settings.from_env({}).concurrency}
 
 
 def machine() -> dict:
@@ -233,11 +209,12 @@ class Bench:
         self.photo = load_sample(None)
         self.stacks: list[Stack] = []
 
-    def stack(self, label: str, replicas: int, *extra: str, **env: str) -> Stack:
-        log(f"bringing up {replicas} replica(s) {env or ''}")
-        stack = Stack(f"bench-{label}", **env)
+    def stack(self, label: str, replicas: int, *overrides: Path, **env: str) -> Stack:
+        env = {"FLIP_QUEUE": str(self.args.queue), **env}
+        log(f"bringing up {replicas} replica(s) {env}")
+        stack = Stack(f"bench-{label}", *overrides, **env)
         self.stacks.append(stack)
-        stack.up(replicas, *extra)
+        stack.up(replicas)
         return stack
 
     def down(self, stack: Stack) -> None:
@@ -264,7 +241,7 @@ class Bench:
             prefix = self.out / label / f"users{users}"
             prefix.parent.mkdir(parents=True, exist_ok=True)
             numbers, used = cpu_during(
-                stack, lambda: run_locust(stack.url, users, self.args.duration, prefix, self.photo_path)
+                stack, lambda: locust_figures(stack.url, users, self.args.duration, prefix, self.photo_path)
             )
             numbers["cpu_s"] = used
             runs.append(numbers)
@@ -296,7 +273,7 @@ class Bench:
         self.sample_ceiling(summary)
         summary["replicas"] = {}
         for replicas in args.replicas:
-            stack = self.stack(f"r{replicas}", replicas, FLIP_THREADS=str(defaults["threads"]))
+            stack = self.stack(f"r{replicas}", replicas, FLIP_CONCURRENCY=str(defaults["threads"]))
             try:
                 result = self.measure(stack, replicas, f"replicas{replicas}", args.users)
             finally:
@@ -345,7 +322,7 @@ class Bench:
             (f"1 replica x {threads} threads", 1, threads),
             (f"{threads} replicas x 1 thread", threads, 1),
         ):
-            stack = self.stack(f"gil{replicas}", replicas, FLIP_THREADS=str(per_replica))
+            stack = self.stack(f"gil{replicas}", replicas, FLIP_CONCURRENCY=str(per_replica))
             try:
                 result = self.measure(stack, replicas, f"gil-{replicas}x{per_replica}", [users])
             finally:
@@ -354,11 +331,8 @@ class Bench:
         return found
 
     def nginx(self) -> dict:
-        stack = Stack("bench-nginx")
-        self.stacks.append(stack)
         log("what nginx adds to GET /: 1 replica, its port also published on loopback")
-        stack.compose("-f", "compose.yaml", "-f", str(DIRECT_OVERRIDE), "up", "-d", "--no-build", "--wait",
-                      "--wait-timeout", "180", "--scale", "web=1", timeout=300)
+        stack = self.stack("nginx", 1, DIRECT_OVERRIDE)
         try:
             get_latencies("127.0.0.1", stack.port, 50)  # warm-up
             result = nginx_overhead(stack, self.args.nginx_rounds)
@@ -399,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=30, help="seconds per locust run")
     parser.add_argument("--ceiling-seconds", type=float, default=10, help="seconds per ceiling sample")
     parser.add_argument("--gil-threads", type=int, default=os.cpu_count() or 2, help="T; 0 skips the GIL runs")
+    parser.add_argument("--queue", type=int, default=16,
+                        help="FLIP_QUEUE for every stack: the flips a replica holds; 16 holds the burst of "
+                             "10 and 16 users on one replica, which the default of 8 would partly refuse")
     parser.add_argument("--nginx-rounds", type=int, default=20, help="rounds of 50 GET / each way; 0 skips")
     parser.add_argument("--out", default=str(ROOT / "loadtest" / "results"))
     args = parser.parse_args(argv)

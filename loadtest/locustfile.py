@@ -76,7 +76,9 @@ def answered_200(response) -> bool:
     which locust reports itself, grouped by its root cause rather than by each socket's address."""
     if response.status_code in (0, 200):
         return response.status_code == 200
-    response.failure(f"status {response.status_code}, not 200: {response.text[:200]}")
+    retry_after = response.headers.get("Retry-After")
+    retry = f" (Retry-After: {retry_after})" if retry_after else ""
+    response.failure(f"status {response.status_code}, not 200{retry}: {response.text[:200]}")
     return False
 
 

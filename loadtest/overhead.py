@@ -24,7 +24,7 @@ import urllib.parse
 
 from PIL import Image, JpegImagePlugin
 
-from loadtest.local import running_service
+from harness.service import running_service
 from service import imaging
 from service.config import Settings
 from service.imaging import keep_image_memory
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     data = make_sample()
     keep_image_memory(Settings.from_env().pillow_blocks)  # as `python -m service` does
     print(f"sample: 6000x4000 JPEG, {len(data):,} bytes; {args.rounds} rounds after 2 warm-up rounds")
-    with running_service(FLIP_THREADS="1") as service:
+    with running_service() as service:
         address = urllib.parse.urlsplit(service.url)
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
         worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)

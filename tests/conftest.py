@@ -1,24 +1,28 @@
 import os
+import re
 
 import pytest
 
-from loadtest.stack import DockerUnavailable, Stack, build_images, check_docker
+from harness.compose import DockerUnavailable, Stack, build_images, check_docker
 from service.app import create_app
+from service.config import Settings
 
 
 @pytest.fixture
-def app():
-    """The flip app with small limits, so that the limit tests stay fast."""
-    return create_app(
-        {
-            "TESTING": True,
-            "REPLICA": "test-replica",
-            "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
-            "MAX_PIXELS": 1_000_000,
-            "MAX_FRAMES": 10,
-            "MAX_TOTAL_PIXELS": 5_000_000,
-        }
+def settings():
+    """The defaults with small limits, so that the limit tests stay fast."""
+    return Settings.from_env(
+        {}, replica_name="test-replica", max_bytes=2 * 1024 * 1024, max_pixels=1_000_000, max_frames=10,
+        max_total_pixels=5_000_000, concurrency=1, queue=3,
     )
+
+
+@pytest.fixture
+def app(settings):
+    """The flip app with `settings`."""
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    return app
 
 
 @pytest.fixture
@@ -47,24 +51,49 @@ def docker_images():
     build_images("web", "locust-master")
 
 
-@pytest.fixture
-def stack(docker_images, request):
-    """A fresh compose project for one test, always torn down, logs shown when it fails."""
-    stacks = []
+class Stacks:
+    """The stacks a test (or a module) brought up: torn down at its end, logs shown on failure."""
 
-    def start(replicas: int, **env: str) -> Stack:
+    def __init__(self, label: str):
+        self.label = label[:20].replace("_", "-")
+        self.started: list[Stack] = []
+
+    def __call__(self, replicas: int, **env: str) -> Stack:
         """Bring up a stack of `replicas` web replicas, with compose variables `env`."""
         # Frequent healthchecks: the stack is healthy sooner, at a CPU cost no test measures.
-        new = Stack(request.node.name.removeprefix("test_")[:20].replace("_", "-"), HEALTH_INTERVAL="2s", **env)
-        stacks.append(new)
+        new = Stack(self.label, HEALTH_INTERVAL="2s", **env)
+        self.started.append(new)
         new.up(replicas)
         return new
 
-    yield start
+    def tear_down(self, failed: bool) -> None:
+        for each in self.started:
+            try:
+                if failed:
+                    print(_what_went_wrong(each))
+            finally:
+                each.down()
+
+
+def _what_went_wrong(stack: Stack) -> str:
+    """nginx's warnings, errors and non-2xx answers, then the last lines of the replicas' logs."""
+    nginx = [line for line in stack.logs("nginx").splitlines()
+             if "[warn]" in line or "[error]" in line or "[crit]" in line or re.search(r'" [3-5]\d\d ', line)]
+    return "\n".join(["nginx:", *nginx[-150:], "web:", *stack.logs("web").splitlines()[-60:]])
+
+
+@pytest.fixture
+def stack(docker_images, request):
+    """Brings up compose stacks for one test: stack(replicas, **variables)."""
+    stacks = Stacks(request.node.name.removeprefix("test_"))
+    yield stacks
     report = getattr(request.node, "rep_call", None)
-    for each in stacks:
-        try:
-            if report is not None and report.failed:
-                print(each.logs("nginx")[-5000:], each.logs("web")[-5000:])
-        finally:
-            each.down()
+    stacks.tear_down(failed=report is not None and report.failed)
+
+
+@pytest.fixture(scope="module")
+def running_stack(docker_images, request):
+    """One stack of one replica, shared by the tests of a module that only send it requests."""
+    stacks = Stacks(request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"))
+    yield stacks(1)
+    stacks.tear_down(failed=request.session.testsfailed > 0)

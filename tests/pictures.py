@@ -95,3 +95,11 @@ def gif_declaring(width: int, height: int) -> bytes:
     descriptor = data.index(b",")  # the image descriptor: left, top, width, height
     data[descriptor + 5 : descriptor + 9] = struct.pack("<HH", width, height)
     return bytes(data)
+
+
+def noise_jpeg(size: tuple[int, int], quality: int = 90, seed: int = 1) -> bytes:
+    """Random RGB pixels as a JPEG: about 0.9 bytes a pixel at quality 90, the heaviest upload a
+    photo-sized picture can be (4300x5300: ~20 MB)."""
+    width, height = size
+    return encode(Image.frombytes("RGB", size, random.Random(seed).randbytes(width * height * 3)), "JPEG",
+                  quality=quality)

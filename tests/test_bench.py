@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from loadtest.bench import BURST
-from loadtest.stack import ROOT
+from harness.compose import ROOT
 
 pytestmark = pytest.mark.docker
 

@@ -1,12 +1,8 @@
 """loadtest/locustfile.py run by locust itself, headless: against the real service, whose
 answers must all pass its checks, and against a server whose answers must all fail them."""
 
-import csv
 import io
 import itertools
-import os
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,12 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from loadtest.local import running_service
+from harness.locust import LocustRun, run_locust
+from harness.service import running_service
 from service.imaging import ORIENTATION
 
-REPO = Path(__file__).resolve().parent.parent
-# Far above any run here (run-time plus start-up), so that only a hung locust reaches it.
-LOCUST_TIMEOUT = 90
 PHOTO_SIZE = (64, 48)
 ROTATE_270 = 6  # EXIF orientation: a viewer turns the picture a quarter turn, 64x48 -> 48x64
 
@@ -30,36 +24,11 @@ def encoded(im: Image.Image, fmt: str, **params) -> bytes:
     return out.getvalue()
 
 
-def run_locust(host: str, csv_prefix: Path, *classes: str, users: int, run_time: str, **env: str):
-    """Run locust with loadtest/locust.conf from the repo root, as its README says."""
-    # The caller's own FLIP_PHOTO or FLIP_VERIFY must not leak into the run.
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLIP_")}
-    command = [
-        sys.executable, "-m", "locust", "--config", "loadtest/locust.conf", "--host", host,
-        "--users", str(users), "--spawn-rate", str(users), "--run-time", run_time,
-        "--csv", str(csv_prefix), *classes,
-    ]
-    return subprocess.run(command, cwd=REPO, env={**environ, **env}, capture_output=True, text=True,
-                          timeout=LOCUST_TIMEOUT)
-
-
-def stats(csv_prefix: Path) -> dict[str, dict[str, str]]:
-    with open(f"{csv_prefix}_stats.csv", newline="") as f:
-        return {row["Name"]: row for row in csv.DictReader(f) if row["Name"] != "Aggregated"}
-
-
-def errors(csv_prefix: Path, name: str) -> list[str]:
-    with open(f"{csv_prefix}_failures.csv", newline="") as f:
-        return [row["Error"] for row in csv.DictReader(f) if row["Name"] == name]
-
-
-def assert_clean(result, csv_prefix: Path, *names: str) -> None:
-    report = result.stdout + result.stderr
-    assert result.returncode == 0, report
-    rows = stats(csv_prefix)
+def assert_clean(run: LocustRun, *names: str) -> None:
+    assert run.exit_code == 0, run.output
     for name in names:
-        assert int(rows[name]["Request Count"]) > 0, report
-        assert int(rows[name]["Failure Count"]) == 0, report
+        figures = run.figures(name)
+        assert figures["requests"] > 0 and figures["failures"] == 0, run.output
 
 
 @pytest.fixture(scope="module")
@@ -127,27 +96,25 @@ def liar():
 
 def test_both_users_pass_against_the_service_with_the_sample(service, tmp_path):
     # 2 users at the 3:1 weights: one FlipUser and one WhoAmIUser.
-    result = run_locust(service.url, tmp_path / "run", users=2, run_time="6s")
-    assert_clean(result, tmp_path / "run", "/flip", "/")
+    run = run_locust(service.url, users=2, seconds=6, csv_prefix=tmp_path / "run")
+    assert_clean(run, "/flip", "/")
 
 
 def test_flip_user_alone_expects_the_exif_turned_size(service, tmp_path, turned_photo):
-    result = run_locust(service.url, tmp_path / "run", "FlipUser", users=1, run_time="3s",
-                        FLIP_PHOTO=str(turned_photo), FLIP_VERIFY="full")
-    assert_clean(result, tmp_path / "run", "/flip")
-    assert "/" not in stats(tmp_path / "run")
+    run = run_locust(service.url, "FlipUser", users=1, seconds=3, csv_prefix=tmp_path / "run",
+                     FLIP_PHOTO=str(turned_photo), FLIP_VERIFY="full")
+    assert_clean(run, "/flip")
+    assert "/" not in run.stats
 
 
 def test_wrong_answers_are_failures(liar, tmp_path, turned_photo):
-    result = run_locust(liar, tmp_path / "run", users=2, run_time="3s",
-                        FLIP_PHOTO=str(turned_photo), FLIP_VERIFY="full")
-    report = result.stdout + result.stderr
-    assert result.returncode == 1, report  # locust's exit code when any request failed
-    rows = stats(tmp_path / "run")
+    run = run_locust(liar, users=2, seconds=3, csv_prefix=tmp_path / "run",
+                     FLIP_PHOTO=str(turned_photo), FLIP_VERIFY="full")
+    assert run.exit_code == 1, run.output  # locust's exit code when any request failed
     for name in ("/flip", "/"):
-        assert int(rows[name]["Request Count"]) > 0, report
-        assert rows[name]["Failure Count"] == rows[name]["Request Count"], report
-    flip_errors = "\n".join(errors(tmp_path / "run", "/flip"))
+        figures = run.figures(name)
+        assert figures["requests"] > 0 and figures["failures"] == figures["requests"], run.output
+    flip_errors = "\n".join(run.errors("/flip"))
     for expected in (
         "Content-Type is image/png, not image/jpeg",
         "the body is PNG, not JPEG",
@@ -156,4 +123,4 @@ def test_wrong_answers_are_failures(liar, tmp_path, turned_photo):
         "status 503, not 200",
     ):
         assert expected in flip_errors, flip_errors
-    assert "not a replica's answer" in "\n".join(errors(tmp_path / "run", "/"))
+    assert "not a replica's answer" in "\n".join(run.errors("/"))

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import io
-import threading
+import http.client
+import json
+import re
+import socket
 import time
 
 import pytest
 import requests
 from PIL import Image
 
-from loadtest.local import wait_for
-from loadtest.stack import free_port
-from service.sample import load_sample
+from harness import wait_for
 from tests.pictures import decode, encode, picture
 
 pytestmark = pytest.mark.docker
@@ -54,45 +54,6 @@ def test_a_killed_replica_is_restarted_and_serves_again(stack):
     assert wait_for(lambda: name in flipfleet.replica_names(6), timeout=20)
 
 
-def test_no_request_fails_while_a_replica_is_killed_under_load(stack):
-    flipfleet = stack(3)
-    photo = load_sample(None)
-    deadline = time.monotonic() + 20
-    outcomes: list[str] = []
-
-    def client() -> None:
-        with requests.Session() as session:
-            while time.monotonic() < deadline:
-                try:
-                    response = session.post(
-                        flipfleet.url + "/flip", data=photo, headers={"Content-Type": "image/jpeg"}, timeout=60
-                    )
-                    ok = response.status_code == 200 and Image.open(io.BytesIO(response.content)).size == (6000, 4000)
-                    outcomes.append("ok" if ok else f"{response.status_code} {response.text[:200]}")
-                except requests.RequestException as exc:
-                    outcomes.append(repr(exc))
-
-    clients = [threading.Thread(target=client) for _ in range(4)]
-    for thread in clients:
-        thread.start()
-    time.sleep(7)
-    victim = flipfleet.container_ids()[1]
-    done_before_kill = len(outcomes)
-    flipfleet.kill_process(victim)
-    for thread in clients:
-        thread.join(timeout=90)
-
-    failures = [outcome for outcome in outcomes if outcome != "ok"]
-    # Only an answer the kill cut mid-transfer may fail (nginx had passed its headers on and
-    # cannot retry it; see the README's Reliability section): at most one, for the one kill.
-    cut = [failure for failure in failures if "IncompleteRead" in failure]
-    assert failures == cut and len(cut) <= 1, failures
-    assert len(outcomes) > done_before_kill > 0
-    assert flipfleet.restart_count(victim) >= 1
-    print(f"{len(outcomes)} flips in 20 s, {done_before_kill} before the kill, {len(failures)} failed "
-          f"({len(cut)} answers cut mid-transfer)")
-
-
 def test_scaling_up_needs_no_nginx_restart(stack):
     flipfleet = stack(3)
     nginx = flipfleet.container_ids("nginx")[0]
@@ -116,17 +77,21 @@ def test_scaling_up_needs_no_nginx_restart(stack):
     assert flipfleet.restart_count(nginx) == 0
 
 
-def test_limits_and_bad_pictures_answer_json_through_nginx(stack):
-    flipfleet = stack(1)
+def test_the_body_limit_is_the_one_set_for_the_stack(stack):
+    # FLIP_MAX_BYTES set once reaches both nginx and the replicas; nginx's memory limit is cut
+    # down so that its entrypoint must admit fewer bodies than the replicas could hold.
+    flipfleet = stack(1, FLIP_MAX_BYTES="2000000", NGINX_MEMORY_LIMIT="200m")
+    admitted = int(re.search(r"admitting (\d+) bodies of up to 2000000 bytes", flipfleet.logs("nginx")).group(1))
+    assert 1 <= admitted < 8, flipfleet.logs("nginx")  # 8: what one replica holds (FLIP_QUEUE)
 
-    too_big = requests.post(
-        flipfleet.url + "/flip", data=b"\0" * (25 * 1024 * 1024 + 1), headers={"Content-Type": "image/jpeg"},
-        timeout=60,
-    )
+    too_big = requests.post(flipfleet.url + "/flip", data=b"\0" * 2_000_001, headers={"Content-Type": "image/jpeg"},
+                            timeout=60)
     assert too_big.status_code == 413
-    assert too_big.headers["Content-Type"] == "application/json"
-    assert "limit" in too_big.json()["error"]
+    assert too_big.json() == {"error": "the body is over the limit of 2,000,000 bytes", "status": 413}
     assert "X-Served-By" not in too_big.headers  # nginx refused it; no replica saw it
+    just_fits = requests.post(flipfleet.url + "/flip", data=b"\0" * 2_000_000, headers={"Content-Type": "image/jpeg"},
+                              timeout=60)
+    assert just_fits.status_code == 400 and "X-Served-By" in just_fits.headers  # the replica read it
 
     corrupt = encode(picture("RGB"), "PNG")[:200]
     bad = requests.post(flipfleet.url + "/flip", data=corrupt, headers={"Content-Type": "image/png"}, timeout=30)
@@ -138,10 +103,40 @@ def test_limits_and_bad_pictures_answer_json_through_nginx(stack):
     assert requests.get(flipfleet.url + "/nginx-health", timeout=5).json() == {"status": "ok"}
 
 
+def raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes that no HTTP library would; the status, headers and body of nginx's answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, dict(response.headers), response.read()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 400),
+        (b"POST /flip HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"GET / HTTP/2.7\r\nHost: x\r\n\r\n", 505),
+        (b"POST /flip HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413),
+    ],
+    ids=["bad-request-line", "long-url", "large-header", "unknown-encoding", "http-version", "huge-length"],
+)
+def test_nginx_own_errors_are_json_with_the_security_headers(running_stack, request_bytes, status):
+    answered, headers, body = raw_request(running_stack.port, request_bytes)
+    assert answered == status
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"error": json.loads(body)["error"], "status": status}
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert headers["Server"] == "nginx"
+
+
 def test_locust_web_ui_drives_the_stack(stack):
-    locust_port = free_port()
-    flipfleet = stack(2, COMPOSE_PROFILES="loadtest", LOCUST_PORT=str(locust_port), LOCUST_WORKERS="2")
-    ui = f"http://127.0.0.1:{locust_port}"
+    flipfleet = stack(2, COMPOSE_PROFILES="loadtest", LOCUST_PORT="", LOCUST_WORKERS="2")
+    ui = f"http://127.0.0.1:{flipfleet.published_port('locust-master', 8089)}"
     assert "locust" in requests.get(ui + "/", timeout=10).text.lower()
     assert wait_for(lambda: requests.get(ui + "/stats/requests", timeout=10).json().get("worker_count") == 2,
                     timeout=30)

@@ -1,0 +1,74 @@
+"""The one way the tests and the benchmark run locust: headless, with loadtest/locust.conf from
+the repo root (as the README says), bounded in time, its CSV read back."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Beyond the run time: locust's start-up and its final report; only a hung run reaches it.
+GRACE_SECONDS = 90
+
+
+@dataclasses.dataclass
+class LocustRun:
+    exit_code: int  # 0: no failures; 1: some requests failed (the figures say which)
+    output: str
+    stats: dict[str, dict[str, str]]  # locust's stats CSV, a row per request name
+    failures: list[dict[str, str]]  # locust's failures CSV
+
+    def figures(self, name: str = "/flip") -> dict:
+        """The numbers of one request name, as numbers."""
+        row = self.stats.get(name)
+        if row is None:
+            raise AssertionError(f"locust made no {name} request:\n{self.output[-3000:]}")
+        return {
+            "requests": int(row["Request Count"]),
+            "failures": int(row["Failure Count"]),
+            "rps": round(float(row["Requests/s"]), 3),
+            "p50_ms": float(row["50%"]),
+            "p95_ms": float(row["95%"]),
+            "p99_ms": float(row["99%"]),
+        }
+
+    def errors(self, name: str | None = None) -> dict[str, int]:
+        """Each error locust recorded (for `name`, or all) and how often."""
+        return {
+            row["Error"]: int(row["Occurrences"]) for row in self.failures if name is None or row["Name"] == name
+        }
+
+
+def run_locust(host: str, *user_classes: str, users: int, seconds: float, csv_prefix: Path, html: bool = False,
+               **env: str) -> LocustRun:
+    """Run `user_classes` (all of the locustfile's when none) against `host` for `seconds`."""
+    # The caller's own FLIP_PHOTO or FLIP_VERIFY must not leak into the run.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLIP_")}
+    command = [
+        sys.executable, "-m", "locust", "--config", "loadtest/locust.conf", "--host", host,
+        "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds}s",
+        "--csv", str(csv_prefix), *user_classes,
+    ]
+    if html:
+        command += ["--html", f"{csv_prefix}.html"]
+    result = subprocess.run(command, cwd=ROOT, env={**environ, **env}, capture_output=True, text=True,
+                            timeout=seconds + GRACE_SECONDS)
+    output = result.stdout + result.stderr
+    if result.returncode not in (0, 1):
+        raise RuntimeError(f"locust exited {result.returncode}:\n{output[-3000:]}")
+    return LocustRun(result.returncode, output, _stats(csv_prefix), _rows(Path(f"{csv_prefix}_failures.csv")))
+
+
+def _stats(csv_prefix: Path) -> dict[str, dict[str, str]]:
+    return {row["Name"]: row for row in _rows(Path(f"{csv_prefix}_stats.csv")) if row["Name"] != "Aggregated"}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

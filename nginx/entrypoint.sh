@@ -1,0 +1,97 @@
+#!/bin/sh
+# Render nginx.conf.template with this deployment's numbers, check the result, then run nginx.
+# The limits come from the environment, else from service/defaults.env (the replicas' own
+# defaults), so nginx and the replicas always agree. Needs: FLIP_UPSTREAM (host:port of the
+# replicas), NGINX_RESOLVER (the platform's DNS) and WEB_REPLICAS.
+#   NGINX_CONF=out.conf nginx/entrypoint.sh --render-only   # render (and check) without running
+set -eu
+
+HERE=$(dirname "$0")
+DEFAULTS=${FLIPFLEET_DEFAULTS:-/etc/flipfleet/defaults.env}
+TEMPLATE=${NGINX_TEMPLATE:-$HERE/nginx.conf.template}
+OUT=${NGINX_CONF:-/tmp/nginx.conf}
+# Answers stream through these buffers (proxy_buffers): how many, and KiB each.
+ANSWER_BUFFER_COUNT=16
+ANSWER_BUFFER_KIB=64
+ANSWER_BUFFER_BYTES=$((ANSWER_BUFFER_COUNT * ANSWER_BUFFER_KIB * 1024))
+# Bodies under 1 MB (the template's maps) are "small"; this many are admitted at once.
+SMALL_BODIES=128
+SMALL_BODY_BYTES=1000000
+# nginx's own memory beside the bodies and answers it holds: workers, zones, connections.
+BASE_BYTES=$((64 * 1024 * 1024))
+
+log() { echo "flipfleet-nginx: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# A variable the environment sets wins over the defaults file.
+[ -r "$DEFAULTS" ] || die "cannot read $DEFAULTS"
+while IFS='=' read -r key value; do
+  case $key in ''|\#*) continue ;; esac
+  case $key in *[!A-Z0-9_]*) die "bad line in $DEFAULTS: $key" ;; esac
+  eval "current=\${$key-}"
+  [ -n "$current" ] || eval "$key=\$value"
+done <"$DEFAULTS"
+
+for name in FLIP_UPSTREAM NGINX_RESOLVER WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES; do
+  eval "value=\${$name-}"
+  [ -n "$value" ] || die "$name is not set"
+done
+for name in WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES; do
+  eval "value=\$$name"
+  case $value in ''|*[!0-9]*) die "$name must be a whole number, not '$value'" ;; esac
+  [ "$value" -ge 1 ] || die "$name must be at least 1"
+done
+
+# The memory limit of this container's cgroup (v2, then v1), if any; NGINX_MEMORY_BYTES instead
+# when set (a check of the arithmetic outside a container).
+memory_limit() {
+  limit=${NGINX_MEMORY_BYTES-}
+  if [ -n "$limit" ]; then
+    :
+  elif [ -r /sys/fs/cgroup/memory.max ]; then
+    limit=$(cat /sys/fs/cgroup/memory.max)
+  elif [ -r /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
+    limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
+  fi
+  # "max", or v1's "unlimited" (a number near 2^63), mean no limit.
+  case $limit in ''|max|*[!0-9]*) return ;; esac
+  [ ${#limit} -lt 19 ] && echo "$limit"
+}
+
+# Every admitted request may hold its whole body and its answer buffers in memory at once:
+#   need = large x (FLIP_MAX_BYTES + answer buffers) + small x (1 MB + answer buffers) + base
+large=$((WEB_REPLICAS * FLIP_QUEUE))
+small=$SMALL_BODIES
+per_large=$((FLIP_MAX_BYTES + ANSWER_BUFFER_BYTES))
+per_small=$((SMALL_BODY_BYTES + ANSWER_BUFFER_BYTES))
+need=$((large * per_large + small * per_small + BASE_BYTES))
+limit=$(memory_limit || true)
+if [ -n "$limit" ] && [ "$need" -gt "$limit" ]; then
+  # Too little memory for what the replicas could hold: admit fewer large bodies, not more memory.
+  fit=$(((limit - BASE_BYTES - small * per_small) / per_large))
+  [ "$fit" -ge 1 ] || die "a memory limit of $limit bytes cannot hold one body of $FLIP_MAX_BYTES bytes beside $small small ones"
+  log "the memory limit ($((limit / 1048576)) MiB) holds $fit large bodies, not $large: admitting $fit"
+  large=$fit
+  need=$((large * per_large + small * per_small + BASE_BYTES))
+fi
+
+max_bytes_text=$(echo "$FLIP_MAX_BYTES" | awk '{ s = $0; while (s ~ /[0-9][0-9][0-9][0-9]/) { sub(/[0-9][0-9][0-9]($|,)/, ",&", s) } print s }')
+sed -e "s|@FLIP_UPSTREAM@|$FLIP_UPSTREAM|g" \
+    -e "s|@NGINX_RESOLVER@|$NGINX_RESOLVER|g" \
+    -e "s|@WEB_REPLICAS@|$WEB_REPLICAS|g" \
+    -e "s|@FLIP_QUEUE@|$FLIP_QUEUE|g" \
+    -e "s|@FLIP_MAX_BYTES@|$FLIP_MAX_BYTES|g" \
+    -e "s|@FLIP_MAX_BYTES_TEXT@|$max_bytes_text|g" \
+    -e "s|@ADMITTED_LARGE@|$large|g" \
+    -e "s|@ADMITTED_SMALL@|$small|g" \
+    -e "s|@ANSWER_BUFFERS@|$ANSWER_BUFFER_COUNT ${ANSWER_BUFFER_KIB}k|g" \
+    "$TEMPLATE" >"$OUT"
+if grep -q '@[A-Z_]*@' "$OUT"; then
+  die "unfilled placeholders in $OUT: $(grep -o '@[A-Z_]*@' "$OUT" | sort -u | tr '\n' ' ')"
+fi
+log "upstream $FLIP_UPSTREAM, max_conns $FLIP_QUEUE per replica; admitting $large bodies of up to" \
+  "$FLIP_MAX_BYTES bytes and $small under 1 MB (needs $((need / 1048576)) MiB${limit:+ of $((limit / 1048576)) MiB})"
+
+[ "${1-}" = "--render-only" ] && exit 0
+nginx -t -q -c "$OUT" -e stderr
+exec nginx -c "$OUT" -e stderr -g 'daemon off;'

@@ -1,0 +1,138 @@
+"""Stopping, scaling down and replacing replicas while 8 locust users post flips: a replica told
+to stop finishes what it holds, so only a replacement of every replica at once may refuse
+requests, and then only with the JSON 503."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from harness.compose import ROOT, run
+from harness.locust import LocustRun, run_locust
+from service.sample import load_sample
+
+pytestmark = pytest.mark.docker
+USERS = 8
+# Load before the change, the change itself, and load after it.
+LOAD_SECONDS = 40
+CHANGE_AT = 10
+
+
+@contextlib.contextmanager
+def under_load(flipfleet, tmp_path):
+    """8 users post the sample for LOAD_SECONDS; the block runs CHANGE_AT seconds in. Yields a
+    list that holds the finished locust run once the block is done."""
+    photo = tmp_path / "sample.jpg"
+    photo.write_bytes(load_sample(None))
+    finished: list[LocustRun] = []
+    raised: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            finished.append(run_locust(flipfleet.url, "FlipUser", users=USERS, seconds=LOAD_SECONDS,
+                                       csv_prefix=tmp_path / "run", FLIP_PHOTO=str(photo)))
+        except BaseException as exc:  # raised again below
+            raised.append(exc)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(CHANGE_AT)
+    try:
+        yield finished
+    finally:
+        thread.join(timeout=LOAD_SECONDS + 120)
+    if raised:
+        raise raised[0]
+    assert finished, "locust did not finish"
+
+
+def assert_no_failures(run: LocustRun) -> dict:
+    flips = run.figures("/flip")
+    assert flips["requests"] > 0 and flips["failures"] == 0, run.errors()
+    return flips
+
+
+def versions_answering(flipfleet, count: int = 12) -> set[str]:
+    return {requests.get(flipfleet.url + "/", timeout=10).headers["X-Flipfleet-Version"] for _ in range(count)}
+
+
+def test_the_rolling_replacement_fails_no_request(stack, tmp_path):
+    flipfleet = stack(3)
+    before = set(flipfleet.container_ids())
+    assert versions_answering(flipfleet) == {"dev"}
+    try:
+        with under_load(flipfleet, tmp_path) as finished:
+            started = time.monotonic()
+            run(["bash", "scripts/rollout.sh", *flipfleet.compose_options()], timeout=600,
+                env={**flipfleet.env, "FLIP_VERSION": "rolled"})
+            took = time.monotonic() - started
+        flips = assert_no_failures(finished[0])
+        after = set(flipfleet.container_ids())
+        assert len(after) == 3 and not after & before  # every replica replaced
+        assert versions_answering(flipfleet) == {"rolled"}
+    finally:
+        subprocess.run(["docker", "image", "rm", "flipfleet-web:rolled"], cwd=ROOT, capture_output=True, timeout=60)
+    print(f"scripts/rollout.sh replaced 3 replicas in {took:.1f} s under {USERS} users: {flips['requests']} flips, "
+          f"0 failed, p95 {flips['p95_ms']:.0f} ms")
+
+
+def test_scaling_down_from_3_to_1_fails_no_request(stack, tmp_path):
+    flipfleet = stack(3)
+    with under_load(flipfleet, tmp_path) as finished:
+        flipfleet.compose("up", "-d", "--no-build", "--no-deps", "--scale", "web=1", "web", timeout=120)
+    flips = assert_no_failures(finished[0])
+    assert len(flipfleet.container_ids()) == 1
+    print(f"scaled 3 -> 1 under {USERS} users: {flips['requests']} flips, 0 failed")
+
+
+def test_stopping_one_replica_fails_no_request(stack, tmp_path):
+    flipfleet = stack(3)
+    victim = flipfleet.container_ids()[0]
+    with under_load(flipfleet, tmp_path) as finished:
+        # What `docker compose stop` does to each container: the stop signal, then the grace period.
+        run(["docker", "stop", victim], timeout=60)
+    flips = assert_no_failures(finished[0])
+    assert flipfleet.inspect(victim, "{{.State.Running}}") == "false"
+    assert "draining" in run(["docker", "logs", victim]).stdout
+    print(f"one of 3 replicas stopped under {USERS} users: {flips['requests']} flips, 0 failed")
+
+
+def test_restarting_every_replica_at_once_refuses_only_with_json_503(stack, tmp_path):
+    flipfleet = stack(3)
+    refused_at: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        # When GET / was refused, to a few tens of milliseconds: how long the stack was away.
+        while not stop.wait(0.05):
+            try:
+                if requests.get(flipfleet.url + "/", timeout=5).status_code != 200:
+                    refused_at.append(time.monotonic())
+            except requests.RequestException:
+                refused_at.append(time.monotonic())
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        with under_load(flipfleet, tmp_path) as finished:
+            flipfleet.compose("restart", "web", timeout=120)
+    finally:
+        stop.set()
+        prober.join(timeout=30)
+    run_ = finished[0]
+    flips = run_.figures("/flip")
+    errors = run_.errors("/flip")
+    # Every failure is nginx's JSON 503 with Retry-After (locust's message quotes both).
+    json_503 = re.compile(r'status 503, not 200 \(Retry-After: 1\): \{"error":"[^"]*","status":503\}')
+    assert all(json_503.search(error) for error in errors), errors
+    assert flips["failures"] == sum(errors.values())
+    away = (refused_at[-1] - refused_at[0]) if refused_at else 0.0
+    print(f"`docker compose restart web` (3 replicas) under {USERS} users: {flips['requests']} flips, "
+          f"{flips['failures']} refused with the JSON 503 and Retry-After, none cut; GET / refused for "
+          f"{away:.1f} s ({len(refused_at)} probes)")
