@@ -33,9 +33,17 @@ class Busy(Exception):
     """The replica already holds as many flips as its queue allows."""
 
 
+class ClientGone(Exception):
+    """The client went away while its flip waited: there is no one to answer."""
+
+
 class FlipGate:
     """At most `concurrency` flips at once, at most `queue` held (running or waiting); one more
-    is refused at once rather than queued, so that nginx can try another replica."""
+    is refused at once rather than queued, so that nginx can try another replica. A flip whose
+    client has gone while it waited gives its place up."""
+
+    # How often a waiting flip looks whether its client is still there.
+    CHECK_SECONDS = 0.2
 
     def __init__(self, concurrency: int, queue: int):
         self.queue = queue
@@ -44,14 +52,19 @@ class FlipGate:
         self._running = threading.BoundedSemaphore(concurrency)
 
     @contextlib.contextmanager
-    def admit(self):
+    def admit(self, client_gone=lambda: False):
         with self._count_lock:
             if self.held >= self.queue:
                 raise Busy
             self.held += 1
         try:
-            with self._running:
+            while not self._running.acquire(timeout=self.CHECK_SECONDS):
+                if client_gone():
+                    raise ClientGone
+            try:
                 yield
+            finally:
+                self._running.release()
         finally:
             with self._count_lock:
                 self.held -= 1
@@ -69,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(imaging.ImageError, _image_error)
     app.register_error_handler(Busy, _busy)
+    app.register_error_handler(ClientGone, _client_gone)
     app.register_error_handler(MemoryError, _out_of_memory)
     app.register_error_handler(Exception, _internal_error)
 
@@ -96,7 +110,9 @@ def flip() -> Response:
     direction = request.args.get("direction", "vertical")
     if direction not in imaging.DIRECTIONS:
         abort(400, f"direction must be one of {', '.join(imaging.DIRECTIONS)}, not {direction!r}")
-    with current_app.extensions["flip_gate"].admit():
+    # waitress tells whether the client (nginx) closed the connection meanwhile.
+    client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
+    with current_app.extensions["flip_gate"].admit(client_gone):
         data = _uploaded_picture()
         result = _flip(data, direction)
     response = Response(result.data, mimetype=result.media_type)
@@ -210,6 +226,11 @@ def _busy(exc: Busy) -> Response:
     return response
 
 
+def _client_gone(exc: ClientGone) -> Response:
+    # Never delivered; nginx's code for it, so that the access log says what happened.
+    return _json_error(499, "the client closed the connection while its flip waited")
+
+
 def _out_of_memory(exc: MemoryError) -> Response:
     error_log.error("out of memory on %s %s", request.method, request.path)
     response = _json_error(503, "the replica is out of memory for this picture; retry later")
@@ -218,5 +239,5 @@ def _out_of_memory(exc: MemoryError) -> Response:
 
 
 def _internal_error(exc: Exception) -> Response:
-    error_log.exception("unhandled error on %s %s", request.method, request.path)
+    error_log.exception("unhandled error on %s %s rid=%s", request.method, request.path, g.get("request_id"))
     return _json_error(500, "internal error; the request id is in the X-Request-ID header")

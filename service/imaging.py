@@ -3,6 +3,7 @@ benchmarked on its own."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ ORIENTATION_TRANSPOSE = {
 }
 ORIENTATION = ExifTags.Base.Orientation
 LOSSY_WEBP_QUALITY = 90
+# Pillow reports damaged data through any of these, depending on the plugin.
+PILLOW_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)
 
 
 def keep_image_memory(blocks: int) -> None:
@@ -104,23 +107,31 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS) -
     # MPO (a phone's JPEG with a preview frame appended) is written back as its main JPEG.
     fmt = "JPEG" if im.format == "MPO" else im.format
     try:
-        upright = ORIENTATION_TRANSPOSE.get(im.getexif().get(ORIENTATION, 1))
+        with _pillow_reading(im):
+            orientation = im.getexif().get(ORIENTATION, 1)
+        upright = ORIENTATION_TRANSPOSE.get(orientation)
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data)
         frames, durations = _flip_frames(im, upright, DIRECTIONS[direction], limits, fmt)
         out = io.BytesIO()
-        _save(frames, durations, params, fmt, out)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise TooLarge(str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as exc:
-        # Pillow reports damaged data through any of these, depending on the plugin.
-        raise NotAnImage(f"the {im.format} data is damaged or truncated: {exc}") from exc
+        # What is written back comes from the picture (profiles, tables, palettes).
+        with _pillow_reading(im):
+            _save(frames, durations, params, fmt, out)
     finally:
         im.close()
     first = frames[0]
     return Flipped(out.getvalue(), fmt, first.width, first.height, len(frames))
+
+
+@contextlib.contextmanager
+def _pillow_reading(im: Image.Image):
+    """Around Pillow's own calls only: their errors mean damaged data, not a bug of ours."""
+    try:
+        yield
+    except Image.DecompressionBombError as exc:
+        raise TooLarge(str(exc)) from exc
+    except PILLOW_DATA_ERRORS as exc:
+        raise NotAnImage(f"the {im.format} data is damaged or truncated: {exc}") from exc
 
 
 def identify(data: bytes) -> str | None:
@@ -144,7 +155,7 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
                 f"{other} pictures are not supported; send one of {', '.join(MEDIA_TYPES)}"
             ) from None
         raise NotAnImage("the body is not a picture this service can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
+    except PILLOW_DATA_ERRORS as exc:
         raise NotAnImage(f"the picture's header is damaged: {exc}") from exc
     _check_pixels(im, limits)
     return im
@@ -164,7 +175,7 @@ def _flip_frames(im, upright, flip_method, limits, fmt):
     """Every frame as a viewer sees it (`upright` applied), flipped."""
     frames, durations = [], []
     total_pixels = 0
-    for index, frame in enumerate(ImageSequence.Iterator(im)):
+    for index, frame in enumerate(_pillow_frames(im)):
         if fmt == "JPEG" and index:
             break
         if index >= limits.max_frames:
@@ -175,20 +186,34 @@ def _flip_frames(im, upright, flip_method, limits, fmt):
             raise TooLarge(
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"
             )
-        frame.load()
+        with _pillow_reading(im):
+            frame.load()
+            shown = frame if upright is None else frame.transpose(upright)
+            flipped = shown.transpose(flip_method)
         durations.append(frame.info.get("duration"))  # WebP sets it only once loaded
-        shown = frame if upright is None else frame.transpose(upright)
-        frames.append(shown.transpose(flip_method))
+        frames.append(flipped)
     return frames, durations
 
 
+def _pillow_frames(im: Image.Image):
+    """The frames of `im`; seeking to the next one decodes data, so its errors are Pillow's."""
+    frames = iter(ImageSequence.Iterator(im))
+    while True:
+        with _pillow_reading(im):
+            frame = next(frames, None)
+        if frame is None:
+            return
+        yield frame
+
+
 def _exif_without_orientation(im: Image.Image) -> bytes | None:
-    exif = im.getexif()
-    if not exif:
-        return None
-    if ORIENTATION in exif:
-        del exif[ORIENTATION]
-    return exif.tobytes()
+    with _pillow_reading(im):
+        exif = im.getexif()
+        if not exif:
+            return None
+        if ORIENTATION in exif:
+            del exif[ORIENTATION]
+        return exif.tobytes()
 
 
 def _save_params(im, fmt, data) -> dict:
@@ -214,7 +239,8 @@ def _save(frames, durations, params, fmt, out) -> None:
 def _jpeg_params(im, data) -> dict:
     # Re-use the source's quantization tables and chroma subsampling: a fixed quality
     # would either lose detail or inflate the file.
-    params = {"subsampling": JpegImagePlugin.get_sampling(im)}
+    with _pillow_reading(im):
+        params = {"subsampling": JpegImagePlugin.get_sampling(im)}
     if getattr(im, "quantization", None):
         params["qtables"] = im.quantization
     if im.info.get("progressive"):

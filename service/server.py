@@ -39,6 +39,9 @@ def build_server(settings: Settings, app):
         outbuf_overflow=2 * settings.max_bytes,
         recv_bytes=IO_CHUNK,
         send_bytes=IO_CHUNK,
+        # Keep reading while a request runs, so that a client that leaves is noticed
+        # (waitress.client_disconnected) and its waiting flip gives up its place.
+        channel_request_lookahead=1,
     )
 
 

@@ -97,9 +97,17 @@ def gif_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def noise_jpeg(size: tuple[int, int], quality: int = 90, seed: int = 1) -> bytes:
-    """Random RGB pixels as a JPEG: about 0.9 bytes a pixel at quality 90, the heaviest upload a
-    photo-sized picture can be (4300x5300: ~20 MB)."""
+def noise(size: tuple[int, int], seed: int = 1) -> Image.Image:
+    """Random RGB pixels: what compresses worst, so the heaviest picture of its size."""
     width, height = size
-    return encode(Image.frombytes("RGB", size, random.Random(seed).randbytes(width * height * 3)), "JPEG",
-                  quality=quality)
+    return Image.frombytes("RGB", size, random.Random(seed).randbytes(width * height * 3))
+
+
+def noise_jpeg(size: tuple[int, int], quality: int = 90) -> bytes:
+    """About 0.9 bytes a pixel at quality 90 (4300x5300: ~20 MB)."""
+    return encode(noise(size), "JPEG", quality=quality)
+
+
+def noise_png(size: tuple[int, int]) -> bytes:
+    """3 bytes a pixel that zlib cannot shrink: seconds of work to flip at photo sizes."""
+    return encode(noise(size), "PNG")

@@ -151,15 +151,18 @@ def test_json_404_and_405_with_allow(client):
     assert "POST" in response.headers["Allow"]
 
 
-def test_unexpected_error_is_json_500_and_logged(app, client, caplog, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("boom")
+@pytest.mark.parametrize("error", [KeyError("qtables"), TypeError("bad argument"), RuntimeError("boom")])
+def test_a_bug_of_ours_is_a_logged_500_not_a_damaged_picture(app, client, caplog, monkeypatch, png, error):
+    def broken(im, data):
+        raise error
 
-    monkeypatch.setattr(imaging, "flip", broken)
+    # A bug in our own code around Pillow (here, the parameters chosen for writing a PNG back).
+    monkeypatch.setitem(imaging._FORMAT_PARAMS, "PNG", broken)
     app.config["PROPAGATE_EXCEPTIONS"] = False
-    response = client.post("/flip", data=b"x", content_type="image/png")
+    response = client.post("/flip", data=png, content_type="image/png", headers={"X-Request-ID": "bug-1"})
     assert_json_error(response, 500, "internal error")
-    assert "boom" in caplog.text
+    assert "unhandled error on POST /flip rid=bug-1" in caplog.text
+    assert type(error).__name__ in caplog.text
 
 
 def test_out_of_memory_is_503_with_retry_after(app, client, monkeypatch):

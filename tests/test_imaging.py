@@ -204,3 +204,12 @@ def test_mpo_from_a_phone_is_written_as_jpeg():
     result = imaging.flip(source)
     assert (result.format, result.frames) == ("JPEG", 1)
     assert psnr(decode(result.data), decode(source).transpose(DOWN)) > 40
+
+
+def test_a_bug_of_ours_is_not_reported_as_damaged_data(monkeypatch):
+    def broken(im, data):
+        raise KeyError("a bug, not the picture's fault")
+
+    monkeypatch.setitem(imaging._FORMAT_PARAMS, "PNG", broken)
+    with pytest.raises(KeyError):
+        imaging.flip(encode(picture("RGB"), "PNG"))

@@ -3,10 +3,12 @@
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import pytest
 import requests
@@ -16,7 +18,7 @@ from harness import wait_for
 from harness.service import start_service
 from service import imaging
 from service.sample import load_sample
-from tests.pictures import decode, encode, picture
+from tests.pictures import decode, encode, noise_png, picture
 
 MAX_BYTES = 2 * 1024 * 1024
 DOWN = Image.Transpose.FLIP_TOP_BOTTOM
@@ -160,3 +162,36 @@ def test_bad_configuration_is_reported_not_ignored():
                             text=True, timeout=60)
     assert result.returncode == 2
     assert "FLIP_QUEUE must be a whole number" in result.stdout
+
+
+def test_a_waiting_flip_whose_client_left_gives_its_place_up():
+    service = start_service(FLIP_QUEUE="3")
+    try:
+        slow = noise_png((2800, 2800))  # about a second of zlib work each, one at a time
+        small = encode(picture("RGB"), "PNG")
+
+        address = urllib.parse.urlsplit(service.url)
+
+        def raw_post(body: bytes, request_id: str) -> socket.socket:
+            sock = socket.create_connection((address.hostname, address.port), timeout=30)
+            sock.sendall(f"POST /flip HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nX-Request-ID: {request_id}\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            return sock
+
+        ahead = [raw_post(slow, "ahead-1"), raw_post(slow, "ahead-2")]
+        time.sleep(0.3)
+        waiting = raw_post(small, "gone-1")  # the third of FLIP_QUEUE=3: it waits behind the slow ones
+        time.sleep(0.3)
+        waiting.close()  # its client leaves, as nginx does when its own client gives up
+        time.sleep(0.5)
+        # Its place is free again: a new flip is held, not refused, and answered once the slow one is done.
+        response = requests.post(service.url + "/flip", data=small, headers={"Content-Type": "image/png"},
+                                 timeout=60)
+        assert response.status_code == 200, response.text
+        for sock in ahead:
+            sock.close()
+    finally:
+        service.stop()
+    # The flip of the client that left was never done: it gave up its place while it waited.
+    log = "".join(service.output)
+    assert "rid=gone-1 POST /flip 499" in log and "rid=gone-1 POST /flip 200" not in log, log[-2000:]
