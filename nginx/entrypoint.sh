@@ -67,11 +67,19 @@ per_small=$((SMALL_BODY_BYTES + ANSWER_BUFFER_BYTES))
 need=$((large * per_large + small * per_small + BASE_BYTES))
 limit=$(memory_limit || true)
 if [ -n "$limit" ] && [ "$need" -gt "$limit" ]; then
-  # Too little memory for what the replicas could hold: admit fewer large bodies, not more memory.
-  fit=$(((limit - BASE_BYTES - small * per_small) / per_large))
-  [ "$fit" -ge 1 ] || die "a memory limit of $limit bytes cannot hold one body of $FLIP_MAX_BYTES bytes beside $small small ones"
-  log "the memory limit ($((limit / 1048576)) MiB) holds $fit large bodies, not $large: admitting $fit"
-  large=$fit
+  # Too little memory for what the replicas could take: admit fewer bodies of both kinds, in
+  # the same proportion, rather than risk nginx being killed for memory.
+  available=$((limit - BASE_BYTES))
+  wanted=$((need - BASE_BYTES))
+  [ "$available" -gt 0 ] || die "a memory limit of $limit bytes leaves nothing for bodies"
+  large_fit=$((large * available / wanted))
+  small_fit=$((small * available / wanted))
+  [ "$large_fit" -ge 1 ] && [ "$small_fit" -ge 1 ] ||
+    die "a memory limit of $limit bytes cannot hold one body of $FLIP_MAX_BYTES bytes"
+  log "the memory limit ($((limit / 1048576)) MiB) holds $large_fit large and $small_fit small bodies," \
+    "not $large and $small: admitting those"
+  large=$large_fit
+  small=$small_fit
   need=$((large * per_large + small * per_small + BASE_BYTES))
 fi
 

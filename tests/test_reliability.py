@@ -172,6 +172,7 @@ def test_the_stack_comes_back_after_a_docker_daemon_restart(stack):
     assert len(flipfleet.container_ids()) == 2
 
 
+@pytest.mark.slow
 def test_a_replica_killed_every_15_s_under_load_loses_only_answers_cut_mid_transfer(stack, tmp_path):
     flipfleet = stack(3)
     photo = tmp_path / "sample.jpg"
@@ -321,6 +322,7 @@ def test_back_pressure_refuses_within_a_second_when_every_replica_is_full(stack)
           f"the last flip after {slowest_flip:.2f} s")
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_under_steady_load(stack, tmp_path):
     flipfleet = stack(2)
     replicas = flipfleet.container_ids()
