@@ -49,7 +49,7 @@ def _container_seconds(container_id: str) -> float | None:
     return None
 
 
-def snapshot(containers: dict[str, list[str]]) -> dict[str, float]:
+def snapshot(containers: dict[str, list[str]]) -> dict:
     """CPU seconds so far, by part: each compose service (its containers summed), the Docker
     engine, docker-proxy, and this process with the children it has waited for (the load
     generator: locust runs as a child, the burst's clients as threads here)."""
@@ -59,15 +59,26 @@ def snapshot(containers: dict[str, list[str]]) -> dict[str, float]:
         if all(s is not None for s in seconds):
             totals[service] = sum(seconds)
     times = _proc_times()
-    totals["docker engine"] = sum(cpu for name, cpu in times.values() if name in ENGINE)
-    totals["docker-proxy"] = sum(cpu for name, cpu in times.values() if name in PROXY)
+    # Per process: one that ends between two snapshots (each healthcheck's runc) takes its time
+    # with it, which a plain sum would count as negative.
+    for part, names in (("docker engine", ENGINE), ("docker-proxy", PROXY)):
+        totals[part] = {pid: cpu for pid, (name, cpu) in times.items() if name in names}
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     totals["load generator"] = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
     return totals
 
 
-def difference(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {part: round(after[part] - before.get(part, 0.0), 2) for part in after if part in before}
+def difference(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds used between two snapshots, by part (processes that ended meanwhile not counted)."""
+    used = {}
+    for part, value in after.items():
+        if part not in before:
+            continue
+        if isinstance(value, dict):
+            used[part] = round(sum(max(0.0, cpu - before[part].get(pid, 0.0)) for pid, cpu in value.items()), 2)
+        else:
+            used[part] = round(value - before[part], 2)
+    return used
 
 
 def _cgroup_file(container_id: str, v1_name: str, v2_name: str) -> Path | None:

@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from loadtest.bench import BURST
+from loadtest.bench import report
+from loadtest.bench.burst import BURST
 from harness.compose import ROOT
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 PER_BLOCK_KEYS = {"burst_first_s", "burst_last_s", "rps", "p50_ms", "p95_ms", "p99_ms", "failures"}
 
@@ -58,3 +59,23 @@ def test_reports_and_plots_are_written(quick_run):
     assert (out / "replicas1" / "users2_stats.csv").is_file()
     assert (out / "replicas2" / "users2.html").stat().st_size > 1000
     assert "default configuration" in stdout
+
+
+def test_light_requests_were_probed_while_the_queues_were_full(quick_run):
+    out, _ = quick_run
+    light = json.loads((out / "summary.json").read_text())["light_under_load"]
+    assert light["users"] == light["replicas"] * light["queue"]
+    assert light["flips"]["requests"] > 0
+    for figures in light["probes"].values():
+        assert figures["count"] > 0 and figures["failed"] == 0
+        assert figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+
+
+def test_the_results_page_tables_are_generated_from_the_summary(quick_run, tmp_path):
+    out, _ = quick_run
+    page = tmp_path / "results.md"
+    page.write_text(f"# Results\n\nprose stays\n\n{report.START}\nold tables\n{report.END}\n\nmore prose\n")
+    report.write(json.loads((out / "summary.json").read_text()), page)
+    written = page.read_text()
+    assert "old tables" not in written and "prose stays" in written and "more prose" in written
+    assert "| **2 x 1 (default)** |" in written and "GET /healthz (a replica)" in written

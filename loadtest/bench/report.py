@@ -1,0 +1,146 @@
+"""A benchmark summary as text (what `python -m loadtest.bench` prints) and as the tables of
+docs/results.md, which are written from summary.json by this command, never by hand:
+
+    python -m loadtest.bench.report [SUMMARY] [--write docs/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+START = "<!-- tables: python -m loadtest.bench.report --write docs/results.md; do not edit by hand -->"
+END = "<!-- end of tables -->"
+
+
+def text(summary: dict) -> str:
+    """The summary as a few readable lines."""
+    lines = [
+        f"ceiling (Pillow alone, {summary['machine']['cores']} processes): median {summary['ceiling_rps']:.2f} "
+        f"flips/s of samples {summary['ceiling_samples']}",
+        "replicas x threads | burst first / last (x ideal) | best req/s (x ceiling) at users | p50 / p95 / p99 ms | failed",
+    ]
+    for label, v in _rows(summary):
+        lines.append(
+            f"{label:>18} | {v['burst_first_s']:.2f} s / {v['burst_last_s']:.2f} s (x{v['burst_last_vs_ideal']:.2f}) | "
+            f"{v['rps']:.2f} (x{v['rps_fraction_of_ceiling']:.2f}) at {v['rps_at_users']} | "
+            f"{v['p50_ms']:.0f} / {v['p95_ms']:.0f} / {v['p99_ms']:.0f} | {v['failures']}"
+        )
+    for name, p in summary.get("light_under_load", {}).get("probes", {}).items():
+        lines.append(f"{name} with every queue full: p50 {p['p50_ms']} / p99 {p['p99_ms']} / max {p['max_ms']} ms")
+    if summary["nginx"]:
+        n = summary["nginx"]
+        lines.append(f"GET / median: {n['through_nginx_p50_ms']:.3f} ms through nginx, {n['direct_p50_ms']:.3f} ms "
+                     f"straight to the replica: nginx adds {n['nginx_adds_p50_ms']:.3f} ms")
+    lines.append(f"default configuration: {json.dumps(summary['default'])}")
+    return "\n".join(lines)
+
+
+def _rows(summary: dict) -> list[tuple[str, dict]]:
+    rows = [(f"{r} x {v['threads']}", v) for r, v in summary["replicas"].items()]
+    return rows + [(label, v) for label, v in summary["gil"].items()]
+
+
+def markdown(summary: dict) -> str:
+    """The tables of docs/results.md."""
+    m, default = summary["machine"], summary["default"]
+    cores = m["cores"]
+    one_flip = cores / summary["ceiling_rps"]
+    article = summary["article"]["published"]
+    by_replicas = summary["replicas"]
+    parts = [
+        f"Run of commit `{m['commit']}` started {summary['started']}: {cores} cores ({m['cpu']}), "
+        f"{m['memory_gib']} GiB, kernel {m['kernel']}, {m['docker']}, load generator on the same cores. "
+        f"Ceiling samples (Pillow alone, {cores} processes, flips/s): "
+        f"{', '.join(str(s) for s in summary['ceiling_samples'])}; median {summary['ceiling_rps']}.",
+        "",
+        "| 10 concurrent flips of a 24 MP photo | one flip | one process: first / last answer | "
+        "one worker per core: first / last answer |",
+        "| --- | --- | --- | --- |",
+        f"| The article, as published (Jimp, 8-thread laptop, 2018) | ~3.8 s | "
+        f"{article['one process']['burst_first_s']:.0f} s / {article['one process']['burst_last_s']:.0f} s | "
+        f"{article['cluster, one worker per core']['burst_first_s']:.0f} s / "
+        f"{article['cluster, one worker per core']['burst_last_s']:.0f} s (8 workers) |",
+        f"| flipfleet (Pillow, {cores} cores) | {one_flip:.2f} s (Pillow alone) | {_burst(by_replicas.get('1'))} "
+        f"(1 replica) | {_burst(by_replicas.get(str(cores)))} ({cores} replicas) |",
+        "",
+        "| replicas x flips at once | burst first / last | x ideal last | best req/s (users) | "
+        "x ceiling around it | p50 / p95 / p99 at that load | failed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, v in _rows(summary):
+        name = f"**{label} (default)**" if label == f"{default.get('replicas')} x {default.get('threads')}" else label
+        parts.append(
+            f"| {name} | {v['burst_first_s']:.2f} s / {v['burst_last_s']:.2f} s | {v['burst_last_vs_ideal']:.2f} | "
+            f"{v['rps']:.2f} ({v['rps_at_users']}) | {v['rps_fraction_of_ceiling']:.2f} | "
+            f"{v['p50_ms'] / 1000:.2f} / {v['p95_ms'] / 1000:.2f} / {v['p99_ms'] / 1000:.2f} s | {v['failures']} |"
+        )
+    parts += ["", *_cpu_table(summary)]
+    light = summary.get("light_under_load") or {}
+    if light:
+        flips = light["flips"]
+        parts += [
+            "",
+            f"Light requests while {light['users']} users keep the {light['replicas']} default replicas' queues "
+            f"of {light['queue']} full ({flips['rps']:.2f} flips/s, {flips['failures']} failed), probed 4 times a "
+            "second:",
+            "",
+            "| request | samples | p50 | p95 | p99 | max | failed |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            *(f"| {name} | {p['count']} | {p['p50_ms']} ms | {p['p95_ms']} ms | {p['p99_ms']} ms | {p['max_ms']} ms "
+              f"| {p['failed']} |" for name, p in light["probes"].items()),
+        ]
+    if summary["nginx"]:
+        n = summary["nginx"]
+        parts += ["", f"`GET /` over {n['requests_each']:,} requests each way: median {n['through_nginx_p50_ms']} ms "
+                      f"through nginx, {n['direct_p50_ms']} ms straight to the replica (p95 {n['through_nginx_p95_ms']} "
+                      f"against {n['direct_p95_ms']} ms): nginx adds {n['nginx_adds_p50_ms']} ms."]
+    return "\n".join(parts)
+
+
+def _burst(block: dict | None) -> str:
+    return "not measured" if block is None else f"{block['burst_first_s']:.2f} s / {block['burst_last_s']:.2f} s"
+
+
+def _cpu_table(summary: dict) -> list[str]:
+    """Where the CPU went in the default configuration's run at 4 users (or its largest)."""
+    block = summary["replicas"].get(str(summary["default"].get("replicas")))
+    if not block:
+        return []
+    run = next((r for r in block["by_users"] if r["users"] == 4), block["by_users"][-1])
+    used = {part: seconds for part, seconds in run["cpu_s"].items() if part != "wall"}
+    total = sum(used.values())
+    rows = [f"CPU-seconds by part, default configuration, {run['users']} users for {run['cpu_s']['wall']} s "
+            f"({run['rps']:.2f} flips/s):", "", "| part | CPU-seconds | share |", "| --- | --- | --- |"]
+    rows += [f"| {part} | {seconds:.1f} | {seconds / total:.0%} |" for part, seconds in
+             sorted(used.items(), key=lambda item: -item[1])]
+    return rows
+
+
+def write(summary: dict, target: Path) -> None:
+    """Replace the tables between the markers of `target` with those of `summary`."""
+    page = target.read_text()
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
+    if not pattern.search(page):
+        raise SystemExit(f"{target} has no {START!r} ... {END!r} section")
+    target.write_text(pattern.sub(lambda _: f"{START}\n\n{markdown(summary)}\n\n{END}", page))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("summary", nargs="?", default=str(ROOT / "docs" / "results" / "summary.json"))
+    parser.add_argument("--write", metavar="PAGE", help="replace the tables in this Markdown page")
+    args = parser.parse_args(argv)
+    summary = json.loads(Path(args.summary).read_text())
+    if args.write:
+        write(summary, Path(args.write))
+    else:
+        print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""One benchmark run: each block on a fresh compose stack, each compared with the ceiling
+measured just before and after it, everything written to summary.json."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from harness.compose import ROOT, Stack, build_images, check_docker
+from harness.locust import run_locust
+from loadtest.bench.burst import BURST, burst
+from loadtest.bench.ceiling import ceiling
+from loadtest.bench.cpu import cpu_during
+from loadtest.bench.latency import get_latencies, nginx_overhead, probe
+from service.config import Settings
+from service.sample import load_sample
+
+# The article (2018), as published: Jimp flipping a 6.7 MB photo on an 8-thread laptop.
+ARTICLE_PUBLISHED = {
+    "one process": {"burst_first_s": 16.0, "burst_last_s": 40.0},
+    "cluster, one worker per core": {"burst_first_s": 10.0, "burst_last_s": 14.0},
+}
+# The article's own code on a 2-core machine like ours, as reported in issue 4 (not re-measured here).
+ARTICLE_ON_TWO_CORES = {
+    "one flip_s": 5.3,
+    "one process": {"burst_last_s": 52.0},
+    "cluster, one worker per core": {"burst_last_s": 35.0},
+}
+# Also publishes the replica's port on loopback, for requests straight to a replica.
+DIRECT_OVERRIDE = ROOT / "loadtest" / "compose.direct.yaml"
+GOALS = {"rps_fraction": 0.85, "burst_last_vs_ideal": 1.3}
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def compose_defaults() -> dict:
+    """Replicas as compose.yaml ships them (no variables set), flips at once as the service does."""
+    clean = {k: v for k, v in os.environ.items() if k != "WEB_REPLICAS" and not k.startswith("FLIP_")}
+    config = json.loads(
+        subprocess.run(["docker", "compose", "config", "--format", "json"], cwd=ROOT, env=clean,
+                       capture_output=True, text=True, check=True, timeout=60).stdout
+    )
+    settings = Settings.from_env({})
+    return {"replicas": int(config["services"]["web"]["deploy"]["replicas"]), "threads": settings.concurrency,
+            "queue": settings.queue}
+
+
+def machine() -> dict:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor(),
+    )
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=30)
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "docker": check_docker(),
+        "commit": commit.stdout.strip() or "unknown",
+    }
+
+
+def locust_figures(url: str, users: int, seconds: int, prefix: Path, photo: Path) -> dict:
+    """A headless locust run of FlipUser posting `photo`: its exit code and its /flip figures."""
+    run = run_locust(url, "FlipUser", users=users, seconds=seconds, csv_prefix=prefix, html=True,
+                     FLIP_PHOTO=str(photo))
+    return {"exit_code": run.exit_code, "users": users, **run.figures("/flip")}
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out)
+        self.photo = load_sample(None)
+        self.stacks: list[Stack] = []
+
+    # -- stacks --------------------------------------------------------------------------
+
+    def stack(self, label: str, replicas: int, *overrides: Path, **env: str) -> Stack:
+        env = {"FLIP_QUEUE": str(self.args.queue), **env}
+        log(f"bringing up {replicas} replica(s) {env}")
+        stack = Stack(f"bench-{label}", *overrides, **env)
+        self.stacks.append(stack)
+        stack.up(replicas)
+        return stack
+
+    def down(self, stack: Stack) -> None:
+        stack.down()
+        self.stacks.remove(stack)
+
+    def teardown(self) -> None:
+        for stack in list(self.stacks):
+            log(f"tearing down {stack.project}")
+            try:
+                self.down(stack)
+            except Exception as exc:  # keep going: every other stack must come down too
+                log(f"  could not tear down {stack.project}: {exc}")
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        args = self.args
+        self.out.mkdir(parents=True, exist_ok=True)
+        # Locust reads the sample from a file rather than making it again in every run.
+        self.photo_path = self.out / "sample.jpg"
+        self.photo_path.write_bytes(self.photo)
+        summary: dict = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                         "quick": args.quick, "machine": machine(), "settings": vars(args),
+                         "article": {"published": ARTICLE_PUBLISHED, "on_two_cores_reported": ARTICLE_ON_TWO_CORES}}
+        log(f"machine: {summary['machine']}")
+        defaults = compose_defaults()
+        summary["compose_defaults"] = defaults
+        log("building images")
+        build_images("web")
+
+        summary["ceiling_samples"] = []
+        self.sample_ceiling(summary)
+        summary["replicas"] = {}
+        for replicas in args.replicas:
+            result = self.block(f"replicas{replicas}", replicas, args.users, FLIP_CONCURRENCY=str(defaults["threads"]))
+            result["threads"] = defaults["threads"]
+            summary["replicas"][str(replicas)] = self.relate(result, summary)
+        summary["gil"] = self.gil(summary) if args.gil_threads else {}
+        summary["light_under_load"] = self.light_under_load(defaults) if args.probe_seconds else {}
+        summary["nginx"] = self.nginx() if args.nginx_rounds else {}
+        summary["ceiling_rps"] = round(statistics.median(summary["ceiling_samples"]), 3)
+        summary["ideal_burst_last_s"] = round(BURST / summary["ceiling_rps"], 3)
+        summary["default"] = self.default(summary, defaults)
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        from loadtest.bench import plots  # matplotlib only once there is something to draw
+
+        plots.draw(summary, self.out, ARTICLE_PUBLISHED)
+        log(f"wrote {self.out / 'summary.json'} and plots")
+        return summary
+
+    def block(self, label: str, replicas: int, user_counts: list[int], **env: str) -> dict:
+        """A stack of `replicas`: the burst, then a locust run at each user count, with CPU used."""
+        stack = self.stack(label, replicas, **env)
+        try:
+            # Warm-up, one flip per replica (least_conn spreads them): a replica's first is slower.
+            burst(stack.url, self.photo, clients=replicas)
+            result, used = cpu_during(stack, lambda: burst(stack.url, self.photo))
+            result["burst_cpu_s"] = used
+            log(f"  burst of {BURST}: first {result['burst_first_s']:.2f} s, last {result['burst_last_s']:.2f} s")
+            runs = []
+            for users in user_counts:
+                prefix = self.out / label / f"users{users}"
+                prefix.parent.mkdir(parents=True, exist_ok=True)
+                numbers, used = cpu_during(
+                    stack, lambda: locust_figures(stack.url, users, self.args.duration, prefix, self.photo_path)
+                )
+                numbers["cpu_s"] = used
+                runs.append(numbers)
+                log(f"  {users:>2} users: {numbers['rps']:.2f} req/s, p50 {numbers['p50_ms']:.0f} ms, "
+                    f"p95 {numbers['p95_ms']:.0f} ms, {numbers['failures']} failed; CPU s {used}")
+        finally:
+            self.down(stack)
+        best = max(runs, key=lambda r: r["rps"])
+        result.update({key: best[key] for key in ("rps", "p50_ms", "p95_ms", "p99_ms")})
+        result["rps_at_users"] = best["users"]
+        result["failures"] = sum(r["failures"] for r in runs) + result["burst_failures"]
+        result["by_users"] = runs
+        return result
+
+    def sample_ceiling(self, summary: dict) -> float:
+        """Measure the ceiling again and keep it: the machine's speed drifts by several percent
+        within minutes, so each block is compared with the ceiling measured just before and after it."""
+        cores = os.cpu_count() or 1
+        rps = ceiling(self.args.ceiling_seconds, cores)
+        summary["ceiling_samples"].append(round(rps, 3))
+        log(f"ceiling: Pillow alone, {cores} processes, {self.args.ceiling_seconds} s: {rps:.2f} flips/s")
+        return rps
+
+    def relate(self, result: dict, summary: dict) -> dict:
+        """Add the block's figures as fractions of the ceiling measured around it."""
+        before = summary["ceiling_samples"][-1]
+        after = self.sample_ceiling(summary)
+        around = (before + after) / 2
+        result["ceiling_rps_around"] = round(around, 3)
+        result["rps_fraction_of_ceiling"] = round(result["rps"] / around, 3)
+        result["ideal_burst_last_s"] = round(BURST / around, 3)
+        result["burst_last_vs_ideal"] = round(result["burst_last_s"] * around / BURST, 3)
+        return result
+
+    def gil(self, summary: dict) -> dict:
+        """T flips at once in one replica against T replicas of one flip each, same users."""
+        threads = self.args.gil_threads
+        found = {}
+        for label, replicas, per_replica in (
+            (f"1 x {threads} (one replica)", 1, threads),
+            (f"{threads} x 1 ({threads} replicas)", threads, 1),
+        ):
+            result = self.block(f"gil-{replicas}x{per_replica}", replicas, [2 * threads],
+                                FLIP_CONCURRENCY=str(per_replica))
+            found[label] = self.relate(result, summary)
+        return found
+
+    def light_under_load(self, defaults: dict) -> dict:
+        """GET /healthz and GET / while every flip queue of the default stack is full: what the
+        healthchecks and the probes of an orchestrator see from a busy replica."""
+        replicas, queue = defaults["replicas"], defaults["queue"]
+        users = replicas * queue
+        log(f"light requests while {users} users fill {replicas} replicas' queues of {queue}")
+        stack = self.stack("light", replicas, DIRECT_OVERRIDE, FLIP_QUEUE=str(queue))
+        try:
+            direct = stack.published_port("web", 8000)
+            done = threading.Event()
+            found: dict = {}
+
+            def load() -> None:
+                try:
+                    found["flips"] = locust_figures(stack.url, users, self.args.probe_seconds,
+                                                    self.out / "light" / "flips", self.photo_path)
+                finally:
+                    done.set()
+
+            (self.out / "light").mkdir(parents=True, exist_ok=True)
+            loader = threading.Thread(target=load)
+            loader.start()
+            found["probes"] = probe({"GET /healthz (a replica)": (direct, "/healthz"),
+                                     "GET / (through nginx)": (stack.port, "/")}, until=done.is_set)
+            loader.join()
+        finally:
+            self.down(stack)
+        found.update(users=users, replicas=replicas, queue=queue)
+        for name, figures in found["probes"].items():
+            log(f"  {name}: p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms")
+        return found
+
+    def nginx(self) -> dict:
+        log("what nginx adds to GET /: 1 replica, its port also published on loopback")
+        stack = self.stack("nginx", 1, DIRECT_OVERRIDE)
+        try:
+            get_latencies("127.0.0.1", stack.port, 50)  # warm-up
+            result = nginx_overhead(stack, self.args.nginx_rounds)
+        finally:
+            self.down(stack)
+        log(f"  GET / median: {result['through_nginx_p50_ms']:.3f} ms through nginx, "
+            f"{result['direct_p50_ms']:.3f} ms direct; nginx adds {result['nginx_adds_p50_ms']:.3f} ms")
+        return result
+
+    def default(self, summary: dict, defaults: dict) -> dict:
+        """The shipped configuration's figures, against the goals."""
+        measured = summary["replicas"].get(str(defaults["replicas"]))
+        if measured is None:
+            return {"note": f"the default of {defaults['replicas']} replicas was not among those measured"}
+        return {
+            **defaults,
+            "rps_fraction_of_ceiling": measured["rps_fraction_of_ceiling"],
+            "burst_last_vs_ideal": measured["burst_last_vs_ideal"],
+            "goal_rps_fraction": GOALS["rps_fraction"],
+            "goal_burst_last_vs_ideal": GOALS["burst_last_vs_ideal"],
+            "meets_goals": measured["rps_fraction_of_ceiling"] >= GOALS["rps_fraction"]
+            and measured["burst_last_vs_ideal"] <= GOALS["burst_last_vs_ideal"],
+        }
