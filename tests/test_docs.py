@@ -1,0 +1,44 @@
+"""The documentation says what the files say: every setting with its default, and no dead link."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from service.config import DEFAULTS_FILE, read_env_file
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMPOSE_VARIABLE = re.compile(r"\$\{([A-Z_]+)(?::?-([^}]*))?\}")
+
+
+def table(heading: str) -> dict[str, str]:
+    """variable -> default, from the table under `heading` in docs/settings.md."""
+    section = (ROOT / "docs" / "settings.md").read_text().split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([A-Z_]+)` \| ([^|]+) \|", section, re.MULTILINE)
+    return {name: default.strip().strip("`") for name, default in rows}
+
+
+def documented(default: str) -> str:
+    return "" if default == "(none)" else default
+
+
+def test_every_service_setting_is_documented_with_its_default():
+    assert {name: documented(d) for name, d in table("The service").items()} == read_env_file(DEFAULTS_FILE)
+
+
+def test_every_stack_variable_is_documented_with_its_default():
+    used: dict[str, set[str]] = {}
+    for name, default in COMPOSE_VARIABLE.findall((ROOT / "compose.yaml").read_text()):
+        used.setdefault(name, set()).add(default)
+    stack = table("The stack")
+    assert set(stack) == set(used)
+    for name, default in stack.items():
+        assert documented(default) in used[name], (name, default, used[name])
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_links_between_pages_lead_somewhere(page):
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        if "://" not in target:
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
