@@ -39,7 +39,7 @@ COPY service/ service/
 RUN python -m service.sample "$FLIP_SAMPLE_PATH"
 USER flipfleet
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 # On SIGINT (or SIGTERM) a replica stops accepting and finishes what it holds (service/server.py).
 STOPSIGNAL SIGINT

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build local stand-ins for the official base images (python:3.13-slim, nginx) from Debian
+# Build local stand-ins for the official images the project uses (python:3.13-slim, nginx,
+# registry:2, docker:dind, prom/prometheus, nginx/nginx-prometheus-exporter) from Debian
 # packages, for machines with no container registry: debootstrap a minbase rootfs, then
 # `docker import` it. Writes the image names to ENV_FILE for `docker compose --env-file`.
 #
@@ -10,6 +11,11 @@ set -euo pipefail
 
 PYTHON_IMAGE=flipfleet-local/python:3.13-slim-trixie
 NGINX_IMAGE=flipfleet-local/nginx:sid
+REGISTRY_IMAGE=flipfleet-local/registry:2
+DIND_IMAGE=flipfleet-local/docker:dind
+PROMETHEUS_IMAGE=flipfleet-local/prometheus:v2
+NGINX_EXPORTER_IMAGE=flipfleet-local/nginx-prometheus-exporter:1
+HERE=$(cd "$(dirname "$0")" && pwd)
 PATH_ENV=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CA_IN_IMAGE=/usr/local/share/ca-certificates/host-ca-bundle.crt
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
@@ -61,11 +67,17 @@ need_build() {
   fi
 }
 
-BUILD_PY=0; BUILD_NGX=0
-need_build "$PYTHON_IMAGE" && BUILD_PY=1
-need_build "$NGINX_IMAGE" && BUILD_NGX=1
+# Stand-in builder function -> the image it makes.
+declare -A IMAGES=(
+  [build_python]=$PYTHON_IMAGE [build_nginx]=$NGINX_IMAGE [build_registry]=$REGISTRY_IMAGE
+  [build_dind]=$DIND_IMAGE [build_prometheus]=$PROMETHEUS_IMAGE [build_nginx_exporter]=$NGINX_EXPORTER_IMAGE
+)
+TO_BUILD=()
+for builder in "${!IMAGES[@]}"; do
+  need_build "${IMAGES[$builder]}" && TO_BUILD+=("$builder")
+done
 
-if [ $((BUILD_PY + BUILD_NGX)) -gt 0 ]; then
+if [ "${#TO_BUILD[@]}" -gt 0 ]; then
   if ! command -v debootstrap >/dev/null 2>&1; then
     log "installing debootstrap"
     # Quiet and non-interactive: this may run in CI with no terminal.
@@ -215,11 +227,65 @@ build_nginx() {
   docker run --rm "$NGINX_IMAGE" nginx -t >&2
 }
 
+registry_customise() {
+  local root=$1
+  # registry:2's layout: its config in /etc/docker/registry, blobs in /var/lib/registry.
+  install -D -m 0644 "$HERE/offline/registry.yml" "$root/etc/docker/registry/config.yml"
+  rm -f "$root/etc/docker/registry/htpasswd"
+  install -d -o "$(chroot "$root" id -u docker-registry)" -g "$(chroot "$root" id -g docker-registry)" \
+    "$root/var/lib/registry"
+}
+
+build_registry() {
+  build registry trixie docker-registry,ca-certificates "$REGISTRY_IMAGE" '' \
+    --change "ENV PATH=$PATH_ENV" --change 'USER docker-registry' --change 'EXPOSE 5000' \
+    --change 'VOLUME /var/lib/registry' \
+    --change 'ENTRYPOINT ["docker-registry", "serve", "/etc/docker/registry/config.yml"]'
+}
+
+dind_customise() {
+  install -D -m 0755 "$HERE/offline/dind-entrypoint.sh" "$1/usr/local/bin/dind-entrypoint"
+}
+
+build_dind() {
+  build dind trixie docker.io,docker-cli,iptables,ca-certificates "$DIND_IMAGE" '' \
+    --change "ENV PATH=$PATH_ENV" --change 'VOLUME /var/lib/docker' \
+    --change 'ENTRYPOINT ["/usr/local/bin/dind-entrypoint"]'
+}
+
+prometheus_customise() {
+  local root=$1
+  # prom/prometheus's layout: /bin/prometheus, its config in /etc/prometheus, data in /prometheus.
+  install -d -o 65534 -g 65534 "$root/prometheus"
+  # Merged /usr (trixie) already has it as /bin/prometheus.
+  [ -e "$root/bin/prometheus" ] || ln -s /usr/bin/prometheus "$root/bin/prometheus"
+}
+
+build_prometheus() {
+  build prometheus trixie prometheus,ca-certificates "$PROMETHEUS_IMAGE" '' \
+    --change "ENV PATH=$PATH_ENV" --change 'USER 65534' --change 'EXPOSE 9090' \
+    --change 'VOLUME /prometheus' --change 'WORKDIR /prometheus' \
+    --change 'ENTRYPOINT ["/bin/prometheus"]' \
+    --change 'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]'
+}
+
+nginx_exporter_customise() {
+  # The official image's name for the binary that Debian calls prometheus-nginx-exporter.
+  ln -sf /usr/bin/prometheus-nginx-exporter "$1/usr/bin/nginx-prometheus-exporter"
+}
+
+build_nginx_exporter() {
+  build nginx_exporter trixie prometheus-nginx-exporter,ca-certificates "$NGINX_EXPORTER_IMAGE" '' \
+    --change "ENV PATH=$PATH_ENV" --change 'USER 65534' --change 'EXPOSE 9113' \
+    --change 'ENTRYPOINT ["/usr/bin/nginx-prometheus-exporter"]'
+}
+
 # Each debootstrap takes ~45 s and they share nothing but the mirror: run them side by side.
 # Job control puts each worker in its own process group, so cleanup can stop it whole.
 set -m
-[ "$BUILD_PY" -eq 1 ] && { build_python & PIDS+=($!); }
-[ "$BUILD_NGX" -eq 1 ] && { build_nginx & PIDS+=($!); }
+for builder in "${TO_BUILD[@]}"; do
+  "$builder" & PIDS+=($!)
+done
 failed=0
 for pid in "${PIDS[@]}"; do wait "$pid" || failed=1; done
 PIDS=()
@@ -227,6 +293,10 @@ set +m
 [ "$failed" -eq 0 ] || die "image build failed"
 
 # Overwrite, so the file holds exactly the current names.
-printf '# Local stand-ins for the official base images, written by scripts/offline-images.sh\nPYTHON_IMAGE=%s\nNGINX_IMAGE=%s\n' \
-  "$PYTHON_IMAGE" "$NGINX_IMAGE" >"$ENV_FILE"
+{
+  echo "# Local stand-ins for the official images, written by scripts/offline-images.sh"
+  for name in PYTHON_IMAGE NGINX_IMAGE REGISTRY_IMAGE DIND_IMAGE PROMETHEUS_IMAGE NGINX_EXPORTER_IMAGE; do
+    echo "$name=${!name}"
+  done
+} >"$ENV_FILE"
 log "wrote $ENV_FILE"

@@ -1,0 +1,86 @@
+# Shared by scripts/up.sh and scripts/swarm-*.sh (sourced, from the repo root).
+
+# ENV_ARGS: nothing when the official images named here (and the base images) are present or can
+# be pulled; else the local stand-ins are built and ENV_ARGS is (--env-file .env.offline), whose
+# names are also exported for the commands that read no env file (docker stack deploy).
+choose_images() {
+  local images=("${PYTHON_IMAGE:-python:3.13-slim}" "${NGINX_IMAGE:-nginx:1.29}" "$@")
+  ENV_ARGS=()
+  if docker image inspect "${images[@]}" >/dev/null 2>&1 || pull_all "${images[@]}"; then
+    echo "${0##*/}: using ${images[*]}" >&2
+    return
+  fi
+  echo "${0##*/}: the official images cannot be pulled; building local stand-ins" >&2
+  bash scripts/offline-images.sh .env.offline
+  ENV_ARGS=(--env-file .env.offline)
+  set -a
+  # shellcheck disable=SC1091
+  . ./.env.offline
+  set +a
+}
+
+pull_all() {
+  local image
+  for image in "$@"; do
+    docker image inspect "$image" >/dev/null 2>&1 || docker pull -q "$image" >/dev/null 2>&1 || return 1
+  done
+}
+
+# -- Docker Swarm on this engine (scripts/swarm-*.sh) --------------------------------------
+
+STACK=${FLIPFLEET_STACK:-flipfleet}
+REGISTRY_CONTAINER=$STACK-registry
+
+log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
+
+# `wait_until WHAT SECONDS COMMAND...`: poll COMMAND every second, fail after SECONDS.
+wait_until() {
+  local what=$1 seconds=$2
+  shift 2
+  for _ in $(seq "$seconds"); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  log "gave up waiting for $what after $seconds s"
+  return 1
+}
+
+swarm_ensure() {
+  [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ] && return
+  log "no swarm here: initialising one (this engine as its only manager)"
+  docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+  # Remembered on the node, so that swarm-down.sh leaves only a swarm that swarm-up.sh made.
+  docker node update --label-add flipfleet.made-by=swarm-up "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
+}
+
+# REGISTRY: the address (127.0.0.1:PORT) of the registry the stack's images are pushed to.
+registry_ensure() {
+  if [ -z "$(docker ps -q --filter "name=^${REGISTRY_CONTAINER}\$")" ]; then
+    docker rm -f "$REGISTRY_CONTAINER" >/dev/null 2>&1 || true
+    docker run -d --name "$REGISTRY_CONTAINER" --restart always \
+      -p "127.0.0.1:${FLIP_REGISTRY_PORT-5000}:5000" -v "$REGISTRY_CONTAINER:/var/lib/registry" \
+      "${REGISTRY_IMAGE:-registry:2}" >/dev/null
+  fi
+  REGISTRY=$(docker port "$REGISTRY_CONTAINER" 5000/tcp | head -n 1)
+  wait_until "the registry at $REGISTRY" 30 \
+    python3 -c "import urllib.request; urllib.request.urlopen('http://$REGISTRY/v2/', timeout=2)"
+}
+
+# Build the web image (flipfleet-web:$FLIP_VERSION) and push it to $REGISTRY.
+web_push() {
+  local version=${FLIP_VERSION:-latest}
+  docker compose "${ENV_ARGS[@]}" build web
+  docker tag "flipfleet-web:$version" "$REGISTRY/flipfleet-web:$version"
+  docker push -q "$REGISTRY/flipfleet-web:$version" >/dev/null
+  log "pushed $REGISTRY/flipfleet-web:$version"
+}
+
+# The state of the web service's last update: completed, rollback_completed, paused...
+web_update_state() {
+  docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "${STACK}_web"
+}
+
+# nginx on loopback, joined to the stack's network (deploy/swarm/edge.yaml).
+edge() {
+  STACK_NETWORK=${STACK}_default docker compose "${ENV_ARGS[@]}" -f deploy/swarm/edge.yaml -p "$STACK-edge" "$@"
+}
