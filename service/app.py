@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service import imaging
 from service.config import Settings
+from service.metrics import Metrics, MetricsMiddleware
 from service.sample import load_sample
 
 access_log = logging.getLogger("flipfleet.access")
@@ -24,6 +25,10 @@ error_log = logging.getLogger("flipfleet.error")
 ACCEPTED_TYPES = ("image/*", "application/octet-stream", "multipart/form-data")
 FORM_FIELDS = ("image", "file")  # `file` is what imaginary's clients send
 ERROR_STATUS = {imaging.NotAnImage: 400, imaging.TooLarge: 413, imaging.UnsupportedFormat: 415}
+REFUSAL_REASON = {imaging.NotAnImage: "not_a_picture", imaging.TooLarge: "picture_too_large",
+                  imaging.UnsupportedFormat: "unsupported_format"}
+# A flip refused by HTTP's own rules: what the metrics call it.
+HTTP_REFUSAL_REASON = {400: "bad_request", 413: "body_too_large", 415: "unsupported_media_type"}
 # A client's request id is echoed into logs and headers, so only a safe, short one is kept.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 STARTED = time.monotonic()
@@ -53,16 +58,18 @@ class FlipGate:
 
     @contextlib.contextmanager
     def admit(self, client_gone=lambda: False):
+        """Hold a place for one flip; yields the seconds it waited for its turn to run."""
         with self._count_lock:
             if self.held >= self.queue:
                 raise Busy
             self.held += 1
         try:
+            started = time.perf_counter()
             while not self._running.acquire(timeout=self.CHECK_SECONDS):
                 if client_gone():
                     raise ClientGone
             try:
-                yield
+                yield time.perf_counter() - started
             finally:
                 self._running.release()
         finally:
@@ -75,7 +82,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config.from_mapping(MAX_CONTENT_LENGTH=settings.max_bytes, SETTINGS=settings)
-    app.extensions["flip_gate"] = FlipGate(settings.concurrency, settings.queue)
+    gate = app.extensions["flip_gate"] = FlipGate(settings.concurrency, settings.queue)
+    metrics = app.extensions["metrics"] = Metrics(settings.version, settings.queue)
+    metrics.held.set_function(lambda: gate.held)
+    app.wsgi_app = MetricsMiddleware(app.wsgi_app, metrics)
 
     app.before_request(_start_clock)
     app.after_request(_finish)
@@ -89,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.add_url_rule("/", "whoami", whoami, methods=["GET"])
     app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
     app.add_url_rule("/flip", "flip", flip, methods=["POST"])
+    app.add_url_rule("/metrics", "metrics", metrics_page, methods=["GET"])
     return app
 
 
@@ -112,13 +123,27 @@ def flip() -> Response:
         abort(400, f"direction must be one of {', '.join(imaging.DIRECTIONS)}, not {direction!r}")
     # waitress tells whether the client (nginx) closed the connection meanwhile.
     client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
-    with current_app.extensions["flip_gate"].admit(client_gone):
+    with current_app.extensions["flip_gate"].admit(client_gone) as waited:
+        read_started = time.perf_counter()
         data = _uploaded_picture()
+        read = time.perf_counter() - read_started
         result = _flip(data, direction)
     response = Response(result.data, mimetype=result.media_type)
     response.headers["X-Image-Size"] = f"{result.width}x{result.height}"
     response.headers["X-Image-Frames"] = str(result.frames)
+    # For the metrics, once waitress has taken the whole answer (service.metrics).
+    request.environ["flipfleet.flip"] = {
+        "spans": {"queue": waited, "read": read, **result.spans},
+        "bytes_in": len(data), "bytes_out": len(result.data),
+        "pixels": result.width * result.height * result.frames, "frames": result.frames,
+    }
+    request.environ["flipfleet.view_done"] = time.perf_counter()
     return response
+
+
+def metrics_page() -> Response:
+    body, content_type = current_app.extensions["metrics"].exposition(request.headers.get("Accept"))
+    return Response(body, content_type=content_type)
 
 
 def _flip(data: bytes, direction: str) -> imaging.Flipped:
@@ -171,6 +196,9 @@ def _replica() -> str:
 
 def _start_clock() -> None:
     g.started = time.perf_counter()
+    route = request.url_rule.rule if request.url_rule else "other"
+    request.environ["flipfleet.route"] = route
+    current_app.extensions["metrics"].in_flight.labels(route).inc()
     offered = request.headers.get("X-Request-ID", "")
     g.request_id = offered if REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
 
@@ -210,16 +238,25 @@ def _json_error(status: int, message: str, response: Response | None = None) -> 
 
 def _http_error(exc: HTTPException) -> Response:
     message = exc.description or exc.name
+    if request.url_rule is not None and request.url_rule.rule == "/flip" and exc.code in HTTP_REFUSAL_REASON:
+        _refused(exc.code, HTTP_REFUSAL_REASON[exc.code])
     if isinstance(exc, RequestEntityTooLarge) and message == RequestEntityTooLarge.description:
         message = f"the body is over the limit of {current_app.config['MAX_CONTENT_LENGTH']:,} bytes"
     return _json_error(exc.code or 500, message, exc.get_response())
 
 
 def _image_error(exc: imaging.ImageError) -> Response:
-    return _json_error(ERROR_STATUS[type(exc)], str(exc))
+    status = ERROR_STATUS[type(exc)]
+    _refused(status, REFUSAL_REASON[type(exc)])
+    return _json_error(status, str(exc))
+
+
+def _refused(status: int, reason: str) -> None:
+    current_app.extensions["metrics"].refusals.labels(str(status), reason).inc()
 
 
 def _busy(exc: Busy) -> Response:
+    _refused(503, "busy")
     queue = current_app.extensions["flip_gate"].queue
     response = _json_error(503, f"the replica holds {queue} flips already; retry after 1 s")
     response.headers["Retry-After"] = "1"
@@ -232,6 +269,7 @@ def _client_gone(exc: ClientGone) -> Response:
 
 
 def _out_of_memory(exc: MemoryError) -> Response:
+    _refused(503, "out_of_memory")
     error_log.error("out of memory on %s %s", request.method, request.path)
     response = _json_error(503, "the replica is out of memory for this picture; retry later")
     response.headers["Retry-After"] = "1"

@@ -30,8 +30,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    host: str = dataclasses.field(metadata={"env": "HOST"})
-    port: int = dataclasses.field(metadata={"env": "PORT", "minimum": 0})  # 0: a free port
+    # Tuned per deployment: defaults in DEFAULTS_FILE, which nginx and Kubernetes read too.
     concurrency: int = dataclasses.field(metadata={"env": "FLIP_CONCURRENCY"})
     queue: int = dataclasses.field(metadata={"env": "FLIP_QUEUE"})
     max_bytes: int = dataclasses.field(metadata={"env": "FLIP_MAX_BYTES"})
@@ -40,19 +39,20 @@ class Settings:
     max_total_pixels: int = dataclasses.field(metadata={"env": "FLIP_MAX_TOTAL_PIXELS"})
     drain_seconds: int = dataclasses.field(metadata={"env": "FLIP_DRAIN_SECONDS", "minimum": 0})
     pillow_blocks: int = dataclasses.field(metadata={"env": "FLIP_PILLOW_BLOCKS", "minimum": 0})
-    sample_path: str = dataclasses.field(metadata={"env": "FLIP_SAMPLE_PATH"})
-    replica_name: str = dataclasses.field(metadata={"env": "FLIP_REPLICA_NAME"})
-    version: str = dataclasses.field(metadata={"env": "FLIP_VERSION"})
+    # Where and as what this process runs: the image sets them, so their defaults live here.
+    host: str = dataclasses.field(default="127.0.0.1", metadata={"env": "HOST"})
+    port: int = dataclasses.field(default=8000, metadata={"env": "PORT", "minimum": 0})  # 0: a free port
+    sample_path: str = dataclasses.field(default="", metadata={"env": "FLIP_SAMPLE_PATH"})
+    replica_name: str = dataclasses.field(default="", metadata={"env": "FLIP_REPLICA_NAME"})
+    version: str = dataclasses.field(default="dev", metadata={"env": "FLIP_VERSION"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides) -> "Settings":
         """The defaults file under `environ`; `overrides` (field names) win over both."""
-        layered = {**read_env_file(DEFAULTS_FILE), **{k: v for k, v in environ.items() if v.strip()}}
+        layered = {**cls.defaults(), **{k: v for k, v in environ.items() if v.strip()}}
         values = {}
         for field in dataclasses.fields(cls):
             name = field.metadata["env"]
-            if name not in layered:
-                raise ConfigError(f"{name} has no default in {DEFAULTS_FILE.name}")
             raw = layered[name].strip()
             if field.type is int:
                 values[field.name] = _whole_number(name, raw, field.metadata.get("minimum", 1))
@@ -66,6 +66,17 @@ class Settings:
                 f"FLIP_QUEUE ({settings.queue}) must be at least FLIP_CONCURRENCY ({settings.concurrency})"
             )
         return settings
+
+    @classmethod
+    def defaults(cls) -> dict[str, str]:
+        """Every variable's default, as text: the file's, then the ones written here."""
+        written_here = {f.metadata["env"]: str(f.default) for f in dataclasses.fields(cls)
+                        if f.default is not dataclasses.MISSING}
+        from_file = read_env_file(DEFAULTS_FILE)
+        missing = {f.metadata["env"] for f in dataclasses.fields(cls)} - set(written_here) - set(from_file)
+        if missing:
+            raise ConfigError(f"{', '.join(sorted(missing))} has no default in {DEFAULTS_FILE.name}")
+        return {**written_here, **from_file}
 
     @classmethod
     def env_names(cls) -> dict[str, str]:

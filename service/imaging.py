@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from PIL import ExifTags, Image, ImageSequence, JpegImagePlugin, UnidentifiedImageError
 
@@ -80,6 +81,18 @@ class Limits:
 NO_LIMITS = Limits(max_pixels=2**63, max_frames=2**63, max_total_pixels=2**63)
 
 
+class Spans(dict):
+    """Seconds spent in each part of a flip (decode, flip, encode), added up over frames."""
+
+    @contextlib.contextmanager
+    def timing(self, span: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[span] = self.get(span, 0.0) + time.perf_counter() - started
+
+
 @dataclass(frozen=True)
 class Flipped:
     data: bytes
@@ -87,6 +100,7 @@ class Flipped:
     width: int
     height: int
     frames: int
+    spans: Spans = field(default_factory=Spans)
 
     @property
     def media_type(self) -> str:
@@ -103,24 +117,26 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS) -
         raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, not {direction!r}")
     if not data:
         raise NotAnImage("the body is empty: send a picture")
-    im = _open(data, limits)
+    spans = Spans()
+    with spans.timing("decode"):
+        im = _open(data, limits)
     # MPO (a phone's JPEG with a preview frame appended) is written back as its main JPEG.
     fmt = "JPEG" if im.format == "MPO" else im.format
     try:
-        with _pillow_reading(im):
+        with _pillow_reading(im), spans.timing("decode"):
             orientation = im.getexif().get(ORIENTATION, 1)
         upright = ORIENTATION_TRANSPOSE.get(orientation)
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data)
-        frames, durations = _flip_frames(im, upright, DIRECTIONS[direction], limits, fmt)
+        frames, durations = _flip_frames(im, upright, DIRECTIONS[direction], limits, fmt, spans)
         out = io.BytesIO()
         # What is written back comes from the picture (profiles, tables, palettes).
-        with _pillow_reading(im):
+        with _pillow_reading(im), spans.timing("encode"):
             _save(frames, durations, params, fmt, out)
     finally:
         im.close()
     first = frames[0]
-    return Flipped(out.getvalue(), fmt, first.width, first.height, len(frames))
+    return Flipped(out.getvalue(), fmt, first.width, first.height, len(frames), spans)
 
 
 @contextlib.contextmanager
@@ -171,11 +187,11 @@ def _check_pixels(im: Image.Image, limits: Limits) -> None:
         )
 
 
-def _flip_frames(im, upright, flip_method, limits, fmt):
+def _flip_frames(im, upright, flip_method, limits, fmt, spans):
     """Every frame as a viewer sees it (`upright` applied), flipped."""
     frames, durations = [], []
     total_pixels = 0
-    for index, frame in enumerate(_pillow_frames(im)):
+    for index, frame in enumerate(_pillow_frames(im, spans)):
         if fmt == "JPEG" and index:
             break
         if index >= limits.max_frames:
@@ -187,19 +203,21 @@ def _flip_frames(im, upright, flip_method, limits, fmt):
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"
             )
         with _pillow_reading(im):
-            frame.load()
-            shown = frame if upright is None else frame.transpose(upright)
-            flipped = shown.transpose(flip_method)
+            with spans.timing("decode"):
+                frame.load()
+            with spans.timing("flip"):
+                shown = frame if upright is None else frame.transpose(upright)
+                flipped = shown.transpose(flip_method)
         durations.append(frame.info.get("duration"))  # WebP sets it only once loaded
         frames.append(flipped)
     return frames, durations
 
 
-def _pillow_frames(im: Image.Image):
+def _pillow_frames(im: Image.Image, spans: Spans):
     """The frames of `im`; seeking to the next one decodes data, so its errors are Pillow's."""
     frames = iter(ImageSequence.Iterator(im))
     while True:
-        with _pillow_reading(im):
+        with _pillow_reading(im), spans.timing("decode"):
             frame = next(frames, None)
         if frame is None:
             return

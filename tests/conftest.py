@@ -1,5 +1,6 @@
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -58,10 +59,11 @@ class Stacks:
         self.label = label[:20].replace("_", "-")
         self.started: list[Stack] = []
 
-    def __call__(self, replicas: int, **env: str) -> Stack:
-        """Bring up a stack of `replicas` web replicas, with compose variables `env`."""
+    def __call__(self, replicas: int, *overrides: Path, **env: str) -> Stack:
+        """Bring up a stack of `replicas` web replicas, with compose files `overrides` layered
+        over compose.yaml and compose variables `env`."""
         # Frequent healthchecks: the stack is healthy sooner, at a CPU cost no test measures.
-        new = Stack(self.label, HEALTH_INTERVAL="2s", **env)
+        new = Stack(self.label, *overrides, HEALTH_INTERVAL="2s", **env)
         self.started.append(new)
         new.up(replicas)
         return new

@@ -48,13 +48,16 @@ def test_summary_has_every_figure_and_no_failures(quick_run):
             figures["burst_last_s"] * figures["ceiling_rps_around"] / BURST, rel=0.01
         )
     assert len(summary["gil"]) == 2
+    for figures in summary["replicas"].values():
+        assert set(figures["spans_s"]) == {"queue", "read", "decode", "flip", "encode", "write"}
+        assert figures["spans_s"]["decode"] > 0
     assert summary["nginx"]["requests_each"] > 0
     assert {"replicas", "threads", "rps_fraction_of_ceiling", "meets_goals"} <= set(summary["default"])
 
 
 def test_reports_and_plots_are_written(quick_run):
     out, stdout = quick_run
-    for name in ("throughput.png", "burst.png"):
+    for name in ("throughput.png", "burst.png", "spans.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
     assert (out / "replicas1" / "users2_stats.csv").is_file()
     assert (out / "replicas2" / "users2.html").stat().st_size > 1000

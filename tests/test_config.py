@@ -1,6 +1,9 @@
+import dataclasses
 import socket
+from pathlib import Path
 
 import pytest
+import yaml
 
 from service.config import DEFAULTS_FILE, ConfigError, Settings, read_env_file
 
@@ -14,8 +17,18 @@ def test_defaults_are_safe():
     assert (settings.concurrency, settings.queue) == (1, 8)
 
 
-def test_every_setting_has_its_default_and_nothing_else_is_in_the_file():
-    assert set(read_env_file(DEFAULTS_FILE)) == set(Settings.env_names().values())
+def test_every_setting_has_one_default_and_the_file_holds_only_settings():
+    in_file = set(read_env_file(DEFAULTS_FILE))
+    written_here = {f.metadata["env"] for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
+    assert in_file | written_here == set(Settings.env_names().values())
+    assert not in_file & written_here  # each default in one place only
+
+
+def test_compose_and_the_swarm_stack_pass_on_exactly_the_tuned_settings():
+    root = Path(__file__).resolve().parent.parent
+    for path in ("compose.yaml", "deploy/swarm/stack.yaml"):
+        web = yaml.safe_load((root / path).read_text())["services"]["web"]
+        assert sorted(web["environment"]) == sorted(read_env_file(DEFAULTS_FILE)), path
 
 
 def test_every_setting_has_its_variable():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import DEFAULTS_FILE, read_env_file
+from service.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -24,7 +24,7 @@ def documented(default: str) -> str:
 
 
 def test_every_service_setting_is_documented_with_its_default():
-    assert {name: documented(d) for name, d in table("The service").items()} == read_env_file(DEFAULTS_FILE)
+    assert {name: documented(d) for name, d in table("The service").items()} == Settings.defaults()
 
 
 def test_every_stack_variable_is_documented_with_its_default():

@@ -155,3 +155,11 @@ def test_locust_web_ui_drives_the_stack(stack):
     assert stats["errors"] == []
     assert all(row["num_failures"] == 0 for row in stats["stats"]), stats["stats"]
     assert "POST /flip" in flipfleet.logs("web")
+
+
+def test_replica_metrics_are_not_served_to_clients(running_stack):
+    response = requests.get(running_stack.url + "/metrics", timeout=10)
+    assert response.status_code == 404
+    assert response.json() == {"error": "not found", "status": 404}
+    assert "X-Served-By" not in response.headers  # nginx answered; no replica was asked
+    assert response.headers["X-Content-Type-Options"] == "nosniff"

@@ -44,7 +44,7 @@ def nginx_overhead(stack: Stack, rounds: int, per_round: int = 50) -> dict:
 
 def percentiles(latencies_ms: list[float]) -> dict:
     ordered = sorted(latencies_ms)
-    cut = statistics.quantiles(ordered, n=100) if len(ordered) > 1 else ordered * 99
+    cut = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
     return {"count": len(ordered), "p50_ms": round(cut[49], 2), "p95_ms": round(cut[94], 2),
             "p99_ms": round(cut[98], 2), "max_ms": round(ordered[-1], 2)}
 

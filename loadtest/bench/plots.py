@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def draw(summary: dict, out: Path, article: dict) -> list[Path]:
-    return [_throughput_and_p95(summary, out), _burst(summary, out, article)]
+    return [_throughput_and_p95(summary, out), _burst(summary, out, article), _spans(summary, out)]
 
 
 def _throughput_and_p95(summary: dict, out: Path) -> Path:
@@ -66,6 +66,32 @@ def _burst(summary: dict, out: Path, article: dict) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "burst.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _spans(summary: dict, out: Path) -> Path:
+    """A bar a configuration, cut into where a flip's time went (the replicas' own metrics)."""
+    blocks = [(f"{r} x {v['threads']}", v) for r, v in summary["replicas"].items()]
+    blocks += list(summary["gil"].items())
+    blocks = [(label, v["spans_s"]) for label, v in blocks if v.get("spans_s")]
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(blocks) + 1.8))
+    spans = list(blocks[0][1]) if blocks else []
+    for index, (label, found) in enumerate(blocks):
+        left = 0.0
+        for colour, span in enumerate(spans):
+            width = found.get(span, 0.0)
+            ax.barh(index, width, left=left, color=f"C{colour}", label=span if index == 0 else None)
+            left += width
+        ax.annotate(f"{left:.2f} s", (left, index), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(range(len(blocks)), [label for label, _ in blocks], fontsize=8)
+    ax.set(xlabel="seconds per flip (mean over the block's flips)",
+           title="Where a flip's time goes in the replica: waiting its turn, reading, decoding, flipping, encoding, writing")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, ncol=len(spans), loc="lower right")
+    fig.tight_layout()
+    path = out / "spans.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -78,7 +78,7 @@ def markdown(summary: dict) -> str:
             f"{v['rps']:.2f} ({v['rps_at_users']}) | {v['rps_fraction_of_ceiling']:.2f} | "
             f"{v['p50_ms'] / 1000:.2f} / {v['p95_ms'] / 1000:.2f} / {v['p99_ms'] / 1000:.2f} s | {v['failures']} |"
         )
-    parts += ["", *_cpu_table(summary)]
+    parts += ["", *_cpu_table(summary), "", *_spans_table(summary)]
     light = summary.get("light_under_load") or {}
     if light:
         flips = light["flips"]
@@ -117,6 +117,21 @@ def _cpu_table(summary: dict) -> list[str]:
             f"({run['rps']:.2f} flips/s):", "", "| part | CPU-seconds | share |", "| --- | --- | --- |"]
     rows += [f"| {part} | {seconds:.1f} | {seconds / total:.0%} |" for part, seconds in
              sorted(used.items(), key=lambda item: -item[1])]
+    return rows
+
+
+def _spans_table(summary: dict) -> list[str]:
+    """Mean seconds per flip in each span, by configuration (the replicas' own metrics)."""
+    blocks = [(label, v["spans_s"]) for label, v in _rows(summary) if v.get("spans_s")]
+    if not blocks:
+        return []
+    spans = list(blocks[0][1])
+    rows = ["Where a flip's time went in the replicas (mean seconds per flip over each block, from "
+            "`flipfleet_flip_span_seconds`):", "",
+            "| replicas x flips at once | " + " | ".join(spans) + " | total |",
+            "| --- |" + " --- |" * (len(spans) + 1)]
+    rows += [f"| {label} | " + " | ".join(f"{found.get(span, 0):.3f}" for span in spans) +
+             f" | {sum(found.values()):.3f} |" for label, found in blocks]
     return rows
 
 

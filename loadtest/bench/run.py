@@ -19,6 +19,7 @@ from loadtest.bench.burst import BURST, burst
 from loadtest.bench.ceiling import ceiling
 from loadtest.bench.cpu import cpu_during
 from loadtest.bench.latency import get_latencies, nginx_overhead, probe
+from loadtest.bench.spans import flip_spans
 from service.config import Settings
 from service.sample import load_sample
 
@@ -165,6 +166,8 @@ class Bench:
                 runs.append(numbers)
                 log(f"  {users:>2} users: {numbers['rps']:.2f} req/s, p50 {numbers['p50_ms']:.0f} ms, "
                     f"p95 {numbers['p95_ms']:.0f} ms, {numbers['failures']} failed; CPU s {used}")
+            result["spans_s"] = flip_spans(stack)
+            log(f"  a flip's time, by span (mean s): {result['spans_s']}")
         finally:
             self.down(stack)
         best = max(runs, key=lambda r: r["rps"])
