@@ -57,6 +57,16 @@ def env_file() -> Path | None:
     return offline if offline.is_file() else None
 
 
+def offline_image(name: str, official: str) -> str:
+    """The image that the env file names NAME (a local stand-in), else the official one."""
+    path = env_file()
+    if path and path.is_file():
+        for line in path.read_text().splitlines():
+            if line.startswith(f"{name}="):
+                return line.split("=", 1)[1].strip()
+    return official
+
+
 def compose_base(project: str | None = None, overrides: tuple[Path, ...] = ()) -> list[str]:
     """`docker compose` with the env file, the project name, and compose.yaml plus `overrides`."""
     command = ["docker", "compose"]

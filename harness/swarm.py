@@ -14,21 +14,11 @@ import tempfile
 from pathlib import Path
 
 from harness import wait_for
-from harness.compose import ROOT, env_file, run
+from harness.compose import offline_image, run
 
 # What a docker-in-docker node needs without --privileged (which these machines refuse).
 NODE_OPTIONS = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
                 "--security-opt", "apparmor=unconfined"]
-
-
-def offline_image(name: str, official: str) -> str:
-    """The image named NAME in the env file (a local stand-in), else the official one."""
-    path = env_file()
-    if path and path.is_file():
-        for line in path.read_text().splitlines():
-            if line.startswith(f"{name}="):
-                return line.split("=", 1)[1].strip()
-    return official
 
 
 class OneNodeStack:

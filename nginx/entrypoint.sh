@@ -1,8 +1,8 @@
 #!/bin/sh
 # Render nginx.conf.template with this deployment's numbers, check the result, then run nginx.
 # The limits come from the environment, else from service/defaults.env (the replicas' own
-# defaults), so nginx and the replicas always agree. Needs: FLIP_UPSTREAM (host:port of the
-# replicas), NGINX_RESOLVER (the platform's DNS) and WEB_REPLICAS.
+# defaults), so nginx and the replicas always agree. Needs FLIP_UPSTREAM (host:port of the
+# replicas) and WEB_REPLICAS; NGINX_RESOLVER (the platform's DNS) defaults to resolv.conf's.
 #   NGINX_CONF=out.conf nginx/entrypoint.sh --render-only   # render (and check) without running
 set -eu
 
@@ -23,14 +23,17 @@ BASE_BYTES=$((64 * 1024 * 1024))
 log() { echo "flipfleet-nginx: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# A variable the environment sets wins over the defaults file.
-[ -r "$DEFAULTS" ] || die "cannot read $DEFAULTS"
-while IFS='=' read -r key value; do
-  case $key in ''|\#*) continue ;; esac
-  case $key in *[!A-Z0-9_]*) die "bad line in $DEFAULTS: $key" ;; esac
-  eval "current=\${$key-}"
-  [ -n "$current" ] || eval "$key=\$value"
-done <"$DEFAULTS"
+# A variable the environment sets wins over the defaults file. (Kubernetes sets them all from
+# its ConfigMap and mounts no file.)
+if [ -r "$DEFAULTS" ]; then
+  while IFS='=' read -r key value; do
+    case $key in ''|\#*) continue ;; esac
+    case $key in *[!A-Z0-9_]*) die "bad line in $DEFAULTS: $key" ;; esac
+    eval "current=\${$key-}"
+    [ -n "$current" ] || eval "$key=\$value"
+  done <"$DEFAULTS"
+fi
+: "${NGINX_RESOLVER:=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf 2>/dev/null)}"
 
 for name in FLIP_UPSTREAM NGINX_RESOLVER WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES; do
   eval "value=\${$name-}"

@@ -17,9 +17,9 @@ import requests
 import yaml
 
 from harness import wait_for
-from harness.compose import ROOT, run
+from harness.compose import ROOT, offline_image, run
 from harness.locust import LocustRun, run_locust
-from harness.swarm import OneNodeStack, SwarmLab, lab_missing, offline_image
+from harness.swarm import OneNodeStack, SwarmLab, lab_missing
 from service.sample import load_sample
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())

