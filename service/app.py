@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -44,37 +45,56 @@ class ClientGone(Exception):
 
 class FlipGate:
     """At most `concurrency` flips at once, at most `queue` held (running or waiting); one more
-    is refused at once rather than queued, so that nginx can try another replica. A flip whose
-    client has gone while it waited gives its place up."""
+    is refused at once rather than queued, so that nginx can try another replica. Waiting flips
+    run in the order they came, and one whose client has gone while it waited gives its place up."""
 
     # How often a waiting flip looks whether its client is still there.
     CHECK_SECONDS = 0.2
 
     def __init__(self, concurrency: int, queue: int):
+        self.concurrency = concurrency
         self.queue = queue
         self.held = 0  # flips admitted and not yet done
-        self._count_lock = threading.Lock()
-        self._running = threading.BoundedSemaphore(concurrency)
+        self._running = 0
+        self._waiting: collections.deque[threading.Event] = collections.deque()
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def admit(self, client_gone=lambda: False):
         """Hold a place for one flip; yields the seconds it waited for its turn to run."""
-        with self._count_lock:
+        started = time.perf_counter()
+        with self._lock:
             if self.held >= self.queue:
                 raise Busy
             self.held += 1
+            turn = None
+            if self._running < self.concurrency and not self._waiting:
+                self._running += 1
+            else:
+                turn = threading.Event()
+                self._waiting.append(turn)
         try:
-            started = time.perf_counter()
-            while not self._running.acquire(timeout=self.CHECK_SECONDS):
+            while turn is not None and not turn.wait(self.CHECK_SECONDS):
                 if client_gone():
-                    raise ClientGone
+                    with self._lock:
+                        if turn in self._waiting:  # else it was handed its turn just now
+                            self._waiting.remove(turn)
+                            raise ClientGone
             try:
                 yield time.perf_counter() - started
             finally:
-                self._running.release()
+                self._pass_turn()
         finally:
-            with self._count_lock:
+            with self._lock:
                 self.held -= 1
+
+    def _pass_turn(self) -> None:
+        # Straight to the oldest waiting flip: a newcomer never gets ahead of it.
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._running -= 1
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import logging
 import threading
@@ -214,3 +215,27 @@ def test_a_full_queue_refuses_at_once_with_503_and_retry_after(app, png, monkeyp
             thread.join(timeout=30)
     assert statuses == [200] * gate.queue
     assert gate.held == 0
+
+
+def test_waiting_flips_run_in_the_order_they_came(settings, png, monkeypatch):
+    app = create_app(dataclasses.replace(settings, queue=8))  # 7 waiting: a lucky order is 1 in 5040
+    gate = app.extensions["flip_gate"]
+    release, started_order, real_flip = threading.Event(), [], imaging.flip
+
+    def recorded_flip(data, *args, **kwargs):
+        started_order.append(data)
+        release.wait(10)
+        return real_flip(png, *args, **kwargs)
+
+    monkeypatch.setattr(imaging, "flip", recorded_flip)
+    threads = []
+    for index in range(gate.queue):  # the first runs, the others wait behind it, in this order
+        body = png + bytes([index])  # trailing bytes tell the requests apart; PNG ignores them
+        threads.append(threading.Thread(target=lambda b=body: app.test_client().post(
+            "/flip", data=b, content_type="image/png").close()))
+        threads[-1].start()
+        assert wait_for(lambda: gate.held == index + 1, timeout=10)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert [data[-1] for data in started_order] == list(range(gate.queue))
