@@ -145,7 +145,11 @@ def test_the_nginx_pods_are_the_compose_nginx():
     assert str(spec["securityContext"]["runAsUser"]) == nginx["user"].split(":")[0]
     assert size(main["resources"]["limits"]["memory"]) == size(compose_default(nginx["deploy"]["resources"]["limits"]["memory"]))
     assert main["ports"][0]["containerPort"] == int(nginx["ports"][0].rsplit(":", 1)[1])
-    upstream = next(e["value"] for e in main["env"] if e["name"] == "FLIP_UPSTREAM")
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    assert env["NGINX_INSTANCES"] == str(of_kind(docs, "Deployment")["flipfleet-nginx"]["spec"]["replicas"])
+    hpa = of_kind(docs, "HorizontalPodAutoscaler")["flipfleet-web"]["spec"]
+    assert env["WEB_REPLICAS"] == str(hpa["minReplicas"])
+    upstream = env["FLIP_UPSTREAM"]
     web_service = of_kind(docs, "Service")["flipfleet-web"]
     assert web_service["spec"]["clusterIP"] == "None"  # headless: nginx resolves every pod
     assert upstream == f"flipfleet-web.$(POD_NAMESPACE).svc.cluster.local:{web_service['spec']['ports'][0]['port']}"
@@ -170,6 +174,9 @@ def test_the_overlay_moves_the_images_and_changes_one_setting():
     (settings,) = [d for d in of_kind(overlay, "ConfigMap").values() if d["metadata"]["name"].startswith("flipfleet-settings")]
     assert settings["data"]["FLIP_MAX_FRAMES"] == "50"
     ingress = of_kind(overlay, "Ingress")["flipfleet"]
+    # The ingress controller's body limit lets through what the service takes (FLIP_MAX_BYTES).
+    body_limit = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert size(body_limit.replace("m", "Mi")) == int(settings["data"]["FLIP_MAX_BYTES"])
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] in of_kind(overlay, "Service")
     assert len(of_kind(base, "ConfigMap")) == len(of_kind(overlay, "ConfigMap")) == 2

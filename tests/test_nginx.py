@@ -64,21 +64,34 @@ def test_body_limits_follow_the_service_setting(tmp_path, env):
     assert f'413     "{app_413.get_json()["error"]}";' in conf
 
 
-def test_admission_and_max_conns_come_from_replicas_and_queue(tmp_path):
-    conf, log = render(tmp_path, WEB_REPLICAS="3", FLIP_QUEUE="5")
-    assert "max_conns=5" in directive(conf, "server")[0]
-    assert directive(conf, "limit_conn") == ["large_bodies 15", "small_bodies 128"]
-    assert "admitting 15 bodies" in log
+@pytest.mark.parametrize(
+    ("env", "max_conns", "large"),
+    [({"WEB_REPLICAS": "3", "FLIP_QUEUE": "5"}, 5, 15),
+     # Two nginx in front of the same replicas (Kubernetes): each sends a replica half its queue.
+     ({"WEB_REPLICAS": "3", "FLIP_QUEUE": "5", "NGINX_INSTANCES": "2"}, 2, 6)],
+    ids=["one-nginx", "two-nginx"],
+)
+def test_admission_and_max_conns_come_from_replicas_and_queue(tmp_path, env, max_conns, large):
+    conf, log = render(tmp_path, **env)
+    assert directive(conf, "server")[0].endswith(f" max_conns={max_conns}")
+    assert directive(conf, "limit_conn") == [f"large_bodies {large}", "small_bodies 128"]
+    assert f"admitting {large} bodies" in log
 
 
-@pytest.mark.parametrize("env", [{}, {"FLIP_QUEUE": "16"}, {"WEB_REPLICAS": "8"}], ids=["defaults", "q16", "r8"])
-def test_the_admitted_bodies_and_answers_fit_in_nginx_memory_limit(tmp_path, env):
+@pytest.mark.parametrize(
+    ("env", "admitted"),
+    # Defaults: all the replicas can hold fits. More: fewer of both kinds, in proportion.
+    [({}, (16, 128)), ({"FLIP_QUEUE": "16"}, (20, 83)), ({"WEB_REPLICAS": "8"}, (23, 47))],
+    ids=["defaults", "q16", "r8"],
+)
+def test_the_admitted_bodies_and_answers_fit_in_nginx_memory_limit(tmp_path, env, admitted):
     limit = size(compose_default("NGINX_MEMORY_LIMIT"))
     # Inside the container the entrypoint reads this limit from its cgroup; here it is passed in.
     conf, log = render(tmp_path, NGINX_MEMORY_BYTES=str(limit), **env)
     settings = Settings.from_env({})
     large = int(directive(conf, "limit_conn")[0].split()[1])
     small = int(directive(conf, "limit_conn")[1].split()[1])
+    assert (large, small) == admitted
     count, each = directive(conf, "proxy_buffers")[0].split()
     answer = int(count) * size(each)
     assert directive(conf, "proxy_max_temp_file_size") == ["0"]  # answers never spill to /tmp either

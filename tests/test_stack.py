@@ -72,6 +72,10 @@ def test_scaling_up_needs_no_nginx_restart(stack):
     print(f"all 5 replicas answered {time.monotonic() - scaled_at:.1f} s after `up --scale` returned "
           f"({time.monotonic() - asked_at:.1f} s after it was started; it waits for health)")
 
+    # nginx follows the count too: it admits for 5 replicas now (as many as its memory limit
+    # holds), after a reload, not a restart.
+    assert wait_for(lambda: "upstream web:8000 (5 replicas)" in flipfleet.logs("nginx"), timeout=20), \
+        flipfleet.logs("nginx")[-2000:]
     assert flipfleet.container_ids("nginx") == [nginx]
     assert flipfleet.inspect(nginx, "{{.State.StartedAt}}") == started_at
     assert flipfleet.restart_count(nginx) == 0
