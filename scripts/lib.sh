@@ -75,11 +75,6 @@ web_push() {
   log "pushed $REGISTRY/flipfleet-web:$version"
 }
 
-# The state of the web service's last update: completed, rollback_completed, paused...
-web_update_state() {
-  docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "${STACK}_web"
-}
-
 # nginx on loopback, joined to the stack's network (deploy/swarm/edge.yaml).
 edge() {
   STACK_NETWORK=${STACK}_default docker compose "${ENV_ARGS[@]}" -f deploy/swarm/edge.yaml -p "$STACK-edge" "$@"

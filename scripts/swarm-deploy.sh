@@ -11,4 +11,5 @@ for config in NGINX_TEMPLATE:nginx/nginx.conf.template NGINX_ENTRYPOINT:nginx/en
               DEFAULTS:service/defaults.env; do
   export "${config%%:*}_HASH=$(sha256sum "${config#*:}" | cut -c1-12)"
 done
-docker stack deploy --detach=false --quiet -c deploy/swarm/stack.yaml "${1:-flipfleet}" >&2
+export FLIPFLEET_STACK=${1:-flipfleet}
+docker stack deploy --detach=false --quiet -c deploy/swarm/stack.yaml "$FLIPFLEET_STACK" >&2

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Roll a new build out to the Swarm stack that scripts/swarm-up.sh made: build, push, and let
 # Swarm replace the replicas one at a time (deploy/swarm/stack.yaml's update_config), rolling
-# back by itself if a new replica does not become healthy. Exits 1 when it rolled back.
-# Usage: FLIP_VERSION=2 scripts/swarm-rollout.sh [--no-build]   (with the settings swarm-up.sh had)
+# back by itself if a new replica does not become healthy. Only the image changes: the replica
+# count and every other setting stay as they are. Exits 1 unless the update completed.
+# Usage: FLIP_VERSION=2 scripts/swarm-rollout.sh [--no-build]
 #   --no-build   roll out $REGISTRY/flipfleet-web:$FLIP_VERSION as already pushed (built elsewhere)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,12 @@ cd "$(dirname "$0")/.."
 choose_images "${REGISTRY_IMAGE:-registry:2}"
 registry_ensure
 [ "${1-}" = --no-build ] || web_push
-FLIP_REGISTRY=$REGISTRY NGINX_REPLICAS=0 bash scripts/swarm-deploy.sh "$STACK"
-state=$(web_update_state)
-log "update of ${STACK}_web to $FLIP_VERSION: ${state:-nothing to do}"
-[ "$state" != rollback_completed ] && [ "$state" != paused ]
+service=${STACK}_web
+before=$(docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}' "$service")
+# Waits until the update has converged, or been rolled back (then it fails: hence `|| true`).
+docker service update --detach=false --quiet --image "$REGISTRY/flipfleet-web:$FLIP_VERSION" "$service" >&2 || true
+read -r state started < <(docker service inspect \
+  --format '{{if .UpdateStatus}}{{.UpdateStatus.State}} {{.UpdateStatus.StartedAt}}{{end}}' "$service")
+log "update of $service to $FLIP_VERSION: ${state:-none}"
+# Completed, and by this run (an earlier update's status stays on the service).
+[ "$state" = completed ] && [ "$started" != "$before" ]
