@@ -12,13 +12,16 @@ compose=(docker compose "$@")
 log() { printf 'rollout: %s\n' "$*" >&2; }
 
 "${compose[@]}" build web
-mapfile -t old < <("${compose[@]}" ps -q web)
+running=$("${compose[@]}" ps -q web)
+read -r -d '' -a old <<<"$running" || true
 [ "${#old[@]}" -gt 0 ] || { log "no web replica is running; start the stack with docker compose up"; exit 1; }
 log "replacing ${#old[@]} replica(s), one at a time"
 
 for container in "${old[@]}"; do
   # One more replica from the new build; --no-recreate leaves the running ones alone.
   "${compose[@]}" up -d --no-deps --no-recreate --wait --wait-timeout 120 --scale "web=$((${#old[@]} + 1))" web
+  # nginx looks the replicas up every 2 s: let it see the new one before the old one goes.
+  sleep 3
   # docker stop waits the container's stop_grace_period (compose.yaml) while it drains.
   docker stop "$container" >/dev/null
   docker rm "$container" >/dev/null
