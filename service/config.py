@@ -99,10 +99,10 @@ class Settings:
 
 
 def _whole_number(name: str, raw: str, minimum: int) -> int:
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    # Digits only, as nginx's entrypoint reads the same variables: no sign, no 1_000 or 1e6.
+    if not raw.isascii() or not raw.isdigit():
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}")
+    value = int(raw)
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, not {value}")
     return value

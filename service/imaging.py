@@ -130,13 +130,23 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS) -
         params = _save_params(im, fmt, data)
         frames, durations = _flip_frames(im, upright, DIRECTIONS[direction], limits, fmt, spans)
         out = io.BytesIO()
-        # What is written back comes from the picture (profiles, tables, palettes).
-        with _pillow_reading(im), spans.timing("encode"):
+        with _pillow_writing(im), spans.timing("encode"):
             _save(frames, durations, params, fmt, out)
     finally:
         im.close()
     first = frames[0]
     return Flipped(out.getvalue(), fmt, first.width, first.height, len(frames), spans)
+
+
+@contextlib.contextmanager
+def _pillow_writing(im: Image.Image):
+    """Around the encoder: only an encoder's own failure (OSError) is the picture's doing (what
+    it carries into the file: a profile, a palette). A ValueError or TypeError here comes from
+    the parameters we chose, a bug, and goes on to the 500 handler."""
+    try:
+        yield
+    except OSError as exc:
+        raise NotAnImage(f"the {im.format} picture cannot be written back: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -213,3 +213,10 @@ def test_a_bug_of_ours_is_not_reported_as_damaged_data(monkeypatch):
     monkeypatch.setitem(imaging._FORMAT_PARAMS, "PNG", broken)
     with pytest.raises(KeyError):
         imaging.flip(encode(picture("RGB"), "PNG"))
+
+
+def test_bad_parameters_of_ours_reach_the_encoder_as_a_bug_not_as_damaged_data(monkeypatch):
+    # Our JPEG parameters, made wrong: Pillow's encoder refuses them with a ValueError or TypeError.
+    monkeypatch.setitem(imaging._FORMAT_PARAMS, "JPEG", lambda im, data: {"qtables": "not tables"})
+    with pytest.raises((ValueError, TypeError)):
+        imaging.flip(encode(photo((64, 48)), "JPEG"))
