@@ -13,8 +13,6 @@ RUN /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requi
     && /opt/venv/bin/pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}
-# What /healthz and the X-Flipfleet-Version header report (empty: "dev", from service/defaults.env).
-ARG FLIP_VERSION=
 # MALLOC_ARENA_MAX: two glibc arenas instead of 8 per core, which together with Pillow's kept
 # blocks held memory flat under steady load. MALLOC_MMAP_THRESHOLD_: bodies and answers over
 # 8 MiB get pages of their own, handed back when freed; glibc's sliding threshold otherwise put
@@ -26,7 +24,6 @@ ENV PYTHONUNBUFFERED=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
     FLIP_SAMPLE_PATH=/srv/flipfleet/sample.jpg \
-    FLIP_VERSION=${FLIP_VERSION} \
     MALLOC_ARENA_MAX=2 \
     MALLOC_MMAP_THRESHOLD_=8388608
 # A fixed numeric uid, so compose and the host can refer to it.
@@ -37,6 +34,10 @@ WORKDIR /srv/flipfleet
 COPY service/ service/
 # Bake the sample photo in, so that no replica spends start-up time making it.
 RUN python -m service.sample "$FLIP_SAMPLE_PATH"
+# What /healthz and X-Flipfleet-Version report (empty: "dev"). Last, so that a new version
+# rebuilds only this layer.
+ARG FLIP_VERSION=
+ENV FLIP_VERSION=${FLIP_VERSION}
 USER flipfleet
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
