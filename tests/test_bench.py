@@ -52,7 +52,7 @@ def test_summary_has_every_figure_and_no_failures(quick_run):
         assert set(figures["spans_s"]) == {"queue", "read", "decode", "flip", "encode", "write"}
         assert figures["spans_s"]["decode"] > 0
     assert summary["nginx"]["requests_each"] > 0
-    assert {"replicas", "threads", "rps_fraction_of_ceiling", "meets_goals"} <= set(summary["default"])
+    assert {"replicas", "concurrency", "rps_fraction_of_ceiling", "meets_goals"} <= set(summary["default"])
 
 
 def test_reports_and_plots_are_written(quick_run):
@@ -82,3 +82,4 @@ def test_the_results_page_tables_are_generated_from_the_summary(quick_run, tmp_p
     written = page.read_text()
     assert "old tables" not in written and "prose stays" in written and "more prose" in written
     assert "| **2 x 1 (default)** |" in written and "GET /healthz (a replica)" in written
+    assert "GET /metrics (a replica)" in written

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=parse_counts, default=[1, 2, 4, 8, 16])
     parser.add_argument("--duration", type=int, default=30, help="seconds per locust run")
     parser.add_argument("--ceiling-seconds", type=float, default=10, help="seconds per ceiling sample")
-    parser.add_argument("--gil-threads", type=int, default=os.cpu_count() or 2, help="T; 0 skips the GIL runs")
+    parser.add_argument("--gil-threads", type=int, default=os.cpu_count() or 2,
+                        help="T: one replica flipping T at once against T replicas; 0 skips these runs")
     parser.add_argument("--queue", type=int, default=16,
                         help="FLIP_QUEUE for the throughput runs: 16 holds the burst of 10 and 16 users on "
                              "one replica, which the default of 8 would partly refuse")

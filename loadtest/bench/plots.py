@@ -73,7 +73,7 @@ def _burst(summary: dict, out: Path, article: dict) -> Path:
 
 def _spans(summary: dict, out: Path) -> Path:
     """A bar a configuration, cut into where a flip's time went (the replicas' own metrics)."""
-    blocks = [(f"{r} x {v['threads']}", v) for r, v in summary["replicas"].items()]
+    blocks = [(f"{r} x {v['concurrency']}", v) for r, v in summary["replicas"].items()]
     blocks += list(summary["gil"].items())
     blocks = [(label, v["spans_s"]) for label, v in blocks if v.get("spans_s")]
     fig, ax = plt.subplots(figsize=(11, 0.6 * len(blocks) + 1.8))

@@ -21,7 +21,7 @@ def text(summary: dict) -> str:
     lines = [
         f"ceiling (Pillow alone, {summary['machine']['cores']} processes): median {summary['ceiling_rps']:.2f} "
         f"flips/s of samples {summary['ceiling_samples']}",
-        "replicas x threads | burst first / last (x ideal) | best req/s (x ceiling) at users | p50 / p95 / p99 ms | failed",
+        "replicas x flips at once | burst first / last (x ideal) | best req/s (x ceiling) at users | p50 / p95 / p99 ms | failed",
     ]
     for label, v in _rows(summary):
         lines.append(
@@ -40,7 +40,7 @@ def text(summary: dict) -> str:
 
 
 def _rows(summary: dict) -> list[tuple[str, dict]]:
-    rows = [(f"{r} x {v['threads']}", v) for r, v in summary["replicas"].items()]
+    rows = [(f"{r} x {v['concurrency']}", v) for r, v in summary["replicas"].items()]
     return rows + [(label, v) for label, v in summary["gil"].items()]
 
 
@@ -72,7 +72,7 @@ def markdown(summary: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, v in _rows(summary):
-        name = f"**{label} (default)**" if label == f"{default.get('replicas')} x {default.get('threads')}" else label
+        name = f"**{label} (default)**" if label == f"{default.get('replicas')} x {default.get('concurrency')}" else label
         parts.append(
             f"| {name} | {v['burst_first_s']:.2f} s / {v['burst_last_s']:.2f} s | {v['burst_last_vs_ideal']:.2f} | "
             f"{v['rps']:.2f} ({v['rps_at_users']}) | {v['rps_fraction_of_ceiling']:.2f} | "

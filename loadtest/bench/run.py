@@ -51,7 +51,7 @@ def compose_defaults() -> dict:
                        capture_output=True, text=True, check=True, timeout=60).stdout
     )
     settings = Settings.from_env({})
-    return {"replicas": int(config["services"]["web"]["deploy"]["replicas"]), "threads": settings.concurrency,
+    return {"replicas": int(config["services"]["web"]["deploy"]["replicas"]), "concurrency": settings.concurrency,
             "queue": settings.queue}
 
 
@@ -130,8 +130,8 @@ class Bench:
         self.sample_ceiling(summary)
         summary["replicas"] = {}
         for replicas in args.replicas:
-            result = self.block(f"replicas{replicas}", replicas, args.users, FLIP_CONCURRENCY=str(defaults["threads"]))
-            result["threads"] = defaults["threads"]
+            result = self.block(f"replicas{replicas}", replicas, args.users, FLIP_CONCURRENCY=str(defaults["concurrency"]))
+            result["concurrency"] = defaults["concurrency"]
             summary["replicas"][str(replicas)] = self.relate(result, summary)
         summary["gil"] = self.gil(summary) if args.gil_threads else {}
         summary["light_under_load"] = self.light_under_load(defaults) if args.probe_seconds else {}
@@ -199,20 +199,20 @@ class Bench:
 
     def gil(self, summary: dict) -> dict:
         """T flips at once in one replica against T replicas of one flip each, same users."""
-        threads = self.args.gil_threads
+        at_once = self.args.gil_threads
         found = {}
         for label, replicas, per_replica in (
-            (f"1 x {threads} (one replica)", 1, threads),
-            (f"{threads} x 1 ({threads} replicas)", threads, 1),
+            (f"1 x {at_once} (one replica)", 1, at_once),
+            (f"{at_once} x 1 ({at_once} replicas)", at_once, 1),
         ):
-            result = self.block(f"gil-{replicas}x{per_replica}", replicas, [2 * threads],
+            result = self.block(f"gil-{replicas}x{per_replica}", replicas, [2 * at_once],
                                 FLIP_CONCURRENCY=str(per_replica))
             found[label] = self.relate(result, summary)
         return found
 
     def light_under_load(self, defaults: dict) -> dict:
-        """GET /healthz and GET / while every flip queue of the default stack is full: what the
-        healthchecks and the probes of an orchestrator see from a busy replica."""
+        """GET /healthz, /metrics and GET / while every flip queue of the default stack is full:
+        what healthchecks, probes and Prometheus see of a busy replica."""
         replicas, queue = defaults["replicas"], defaults["queue"]
         users = replicas * queue
         log(f"light requests while {users} users fill {replicas} replicas' queues of {queue}")
@@ -233,6 +233,7 @@ class Bench:
             loader = threading.Thread(target=load)
             loader.start()
             found["probes"] = probe({"GET /healthz (a replica)": (direct, "/healthz"),
+                                     "GET /metrics (a replica)": (direct, "/metrics"),
                                      "GET / (through nginx)": (stack.port, "/")}, until=done.is_set)
             loader.join()
         finally:

@@ -1,0 +1,83 @@
+"""What glibc's mmap threshold does to a replica's memory under floods of large uploads.
+
+    python -m loadtest.memory [--rounds 4] [--clients 8]
+
+Starts `python -m service` twice, side by side in turns: as the image runs it
+(MALLOC_ARENA_MAX=2, MALLOC_MMAP_THRESHOLD_=8 MiB) and without the threshold (glibc's sliding
+one). Each gets rounds of `--clients` concurrent POST /flip of a 20 MB picture (4300x5300
+random noise, quality 90); prints the process's peak resident memory after each round, and what
+it holds once the rounds are over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import io
+import random
+import threading
+from pathlib import Path
+
+import requests
+from PIL import Image
+
+from harness.service import running_service
+
+IMAGE_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "8388608"}
+VARIANTS = {"as the image runs it": IMAGE_ENV, "no mmap threshold": {"MALLOC_ARENA_MAX": "2"}}
+
+
+def noise_jpeg(size: tuple[int, int] = (4300, 5300)) -> bytes:
+    out = io.BytesIO()
+    Image.frombytes("RGB", size, random.Random(1).randbytes(size[0] * size[1] * 3)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def resident_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def floods(env: dict[str, str], picture: bytes, rounds: int, clients: int) -> tuple[list[float], float]:
+    """Peak resident MiB after each round, and what the process holds at the end."""
+    with running_service(**env) as service:
+        pid, peak, stop = service.process.pid, [0.0], threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.05):
+                peak[0] = max(peak[0], resident_mib(pid))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        peaks = []
+        try:
+            for _ in range(rounds):
+                with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                    statuses = list(pool.map(lambda _: requests.post(
+                        service.url + "/flip", data=picture, headers={"Content-Type": "image/jpeg"},
+                        timeout=300).status_code, range(clients)))
+                if set(statuses) != {200}:
+                    raise RuntimeError(f"a flip failed: {statuses}")
+                peaks.append(peak[0])
+        finally:
+            stop.set()
+            watcher.join()
+        return peaks, resident_mib(pid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8, help="concurrent uploads a round (FLIP_QUEUE is 8)")
+    args = parser.parse_args(argv)
+    picture = noise_jpeg()
+    print(f"{args.rounds} rounds of {args.clients} concurrent flips of a {len(picture) / 1e6:.1f} MB picture")
+    for name, env in VARIANTS.items():
+        peaks, after = floods(env, picture, args.rounds, args.clients)
+        print(f"{name:>22}: peak resident MiB after each round {', '.join(f'{p:.0f}' for p in peaks)}; "
+              f"{after:.0f} MiB held after")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
