@@ -21,7 +21,8 @@ class Answer:
     headers: Message
     body: bytes
     seconds: float  # from connecting to the whole answer
-    body_sent: int  # bytes of the body sent before the answer came
+    status_seconds: float  # from connecting to the status line: when the client knew
+    body_sent: int  # bytes of the body sent in all
     error: str | None = None
 
     def json(self) -> dict:
@@ -55,12 +56,14 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None, timeout: 
         response = http.client.HTTPResponse(sock, method="POST")
         try:
             response.begin()
+            status_seconds = time.monotonic() - started
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
             stop.set()
             sender.join(timeout)
-            return Answer(None, Message(), b"", time.monotonic() - started, sent, repr(exc))
+            elapsed = time.monotonic() - started
+            return Answer(None, Message(), b"", elapsed, elapsed, sent, repr(exc))
         seconds = time.monotonic() - started
         stop.set()
         sender.join(timeout)
-        return Answer(response.status, response.headers, data, seconds, sent)
+        return Answer(response.status, response.headers, data, seconds, status_seconds, sent)

@@ -20,6 +20,12 @@ class LocalService:
     def __init__(self, process: subprocess.Popen, url: str, output: list[str], reader: threading.Thread):
         self.process, self.url, self.output, self._reader = process, url, output, reader
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to end by itself; its exit code, with all its output read."""
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
     def stop(self, sig: int = signal.SIGINT) -> int:
         """Ask the process to stop with `sig`; kill it if it has not ended in 10 s."""
         self.process.send_signal(sig)

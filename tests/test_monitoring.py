@@ -76,6 +76,7 @@ def test_the_exporter_counts_what_nginx_serves_and_the_rules_are_loaded(monitore
     assert all(rule["health"] == "ok" for group in rules for rule in group["rules"])
 
 
+@pytest.mark.slow
 def test_light_requests_and_metrics_stay_quick_while_every_queue_is_full(stack, tmp_path):
     flipfleet = stack(2, DIRECT)
     users = 2 * 8  # 2 replicas x FLIP_QUEUE: every place in every queue taken

@@ -200,9 +200,12 @@ def test_a_replica_killed_every_15_s_under_load_loses_only_answers_cut_mid_trans
     cut = sum(count for error, count in errors.items() if "Incomplete response" in error)
     assert flips["failures"] == cut <= len(kills), errors
     # The requests the kills caught were sent again, to another replica: nginx logs both tries.
+    # (A first try that failed with 502 or 504: the replica died under it. A replica's own
+    # "busy" 503 would be retried too, and must not pass for one.)
     retried = [entry for entry in flipfleet.nginx_requests()
-               if entry["request"].startswith("POST /flip") and len(entry["upstream_statuses"]) > 1]
-    assert retried, "no request was retried on another replica"
+               if entry["request"].startswith("POST /flip") and len(entry["upstream_statuses"]) > 1
+               and entry["upstream_statuses"][0] in ("502", "504")]
+    assert retried, "no request caught by a kill was retried on another replica"
     for entry in retried:
         assert entry["status"] == 200 and entry["upstream_statuses"][-1] == "200", entry
         assert entry["upstreams"][0] != entry["upstreams"][-1], entry
@@ -235,17 +238,19 @@ def test_a_flood_of_large_uploads_gets_flips_or_quick_json_refusals(stack):
             assert Image.open(io.BytesIO(answer.body)).size == size
         elif answer.status == 503:
             assert_json_503(answer.status, answer.headers, answer.body)
-            assert answer.seconds < 1.0, answer.seconds
+            assert answer.status_seconds < 1.0, answer.status_seconds
         else:
             assert answer.headers["Content-Type"] == "application/json" and b'"status":413' in answer.body
     assert [flipfleet.restart_count(c) for c in replicas + [nginx]] == [0, 0, 0]
     nginx_errors = [line for line in flipfleet.logs("nginx").splitlines()
                     if any(level in line for level in ("[crit]", "[alert]", "[emerg]"))]
     assert nginx_errors == []
-    refusals = [answer.seconds for answer in answers if answer.status == 503]
+    refusals = [answer.status_seconds for answer in answers if answer.status == 503]
+    peaks = [usage.memory(c).get("peak", 0) / 2**20 for c in replicas + [nginx]]
     print(f"100 concurrent uploads of a {len(picture_20mb) / 1e6:.1f} MB picture: {dict(by_status)}; "
           f"refusals within {max(refusals, default=0):.2f} s, the last flip after "
-          f"{max(a.seconds for a in answers if a.status == 200):.2f} s; no replica restarted")
+          f"{max(a.seconds for a in answers if a.status == 200):.2f} s; no replica restarted; peak memory "
+          f"{peaks[0]:.0f} and {peaks[1]:.0f} MiB (replicas), {peaks[2]:.0f} MiB (nginx)")
 
 
 STALLED = 100  # small uploads (under 1 MB), within nginx's admission of small bodies
@@ -315,7 +320,7 @@ def test_back_pressure_refuses_within_a_second_when_every_replica_is_full(stack)
     for answer in answers:
         if answer.status == 503:
             assert_json_503(answer.status, answer.headers, answer.body)
-    slowest_refusal = max(answer.seconds for answer in answers if answer.status == 503)
+    slowest_refusal = max(answer.status_seconds for answer in answers if answer.status == 503)
     slowest_flip = max(answer.seconds for answer in answers if answer.status == 200)
     assert slowest_refusal < 1.0, slowest_refusal
     print(f"40 concurrent flips to 1 replica: {dict(by_status)}; refusals within {slowest_refusal:.2f} s, "

@@ -135,7 +135,7 @@ def test_a_stop_finishes_every_request_in_flight_and_refuses_new_ones(sig):
         requests.get(service.url + "/healthz", timeout=5)  # no longer accepting
     for thread in threads:
         thread.join(timeout=60)
-    assert service.process.wait(timeout=30) == 0
+    assert service.wait(timeout=30) == 0
     flipped_size = len(imaging.flip(load_sample(None)).data)
     assert len(answers) == 4 and all(answer == (200, flipped_size) for answer in answers), answers
     assert "0 connection(s) cut" in service.output[-1]
@@ -147,7 +147,7 @@ def test_the_drain_ends_at_its_deadline():
     assert wait_for(lambda: "POST /flip 200" in "".join(service.output), timeout=30)
     stopped_at = time.monotonic()
     service.process.send_signal(signal.SIGTERM)
-    assert service.process.wait(timeout=30) == 0
+    assert service.wait(timeout=30) == 0
     took = time.monotonic() - stopped_at
     for thread in threads:
         thread.join(timeout=60)
