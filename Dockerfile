@@ -15,9 +15,8 @@ RUN /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requi
 FROM ${PYTHON_IMAGE}
 # MALLOC_ARENA_MAX: two glibc arenas instead of 8 per core, which together with Pillow's kept
 # blocks held memory flat under steady load. MALLOC_MMAP_THRESHOLD_: bodies and answers over
-# 8 MiB get pages of their own, handed back when freed; glibc's sliding threshold otherwise put
-# them in the heap, which a flood of 20 MB uploads fragmented (4 rounds of 8: peak 703 against
-# 566 MiB). Photo-sized ones stay in the heap: an mmap each cost ~5 % of throughput.
+# 8 MiB get pages of their own, handed back when freed; glibc's sliding threshold otherwise puts
+# them in the heap, which floods of 20 MB uploads fragment (python -m loadtest.memory).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
