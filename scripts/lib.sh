@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/up.sh and scripts/swarm-*.sh (sourced, from the repo root).
 
 # ENV_ARGS: nothing when the official images named here (and the base images) are present or can
@@ -51,6 +52,39 @@ swarm_ensure() {
   docker swarm init --advertise-addr 127.0.0.1 >/dev/null
   # Remembered on the node, so that swarm-down.sh leaves only a swarm that swarm-up.sh made.
   docker node update --label-add flipfleet.made-by=swarm-up "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
+}
+
+# `update_status SERVICE`: "STATE STARTED-AT" of the service's last update; nothing if none.
+update_status() {
+  docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}} {{.UpdateStatus.StartedAt}}{{end}}' "$1"
+}
+
+service_image() { docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$1"; }
+
+# `await_update SERVICE BEFORE`: wait for the update that started after BEFORE (update_status's
+# started-at then) to settle; fail unless it completed. Swarm's own UpdateStatus is the verdict:
+# the CLI's --detach=false wait judges from the tasks it sees and can return mid-update, or
+# mid-rollback (a rollback restores the old spec first, so its tasks look converged).
+await_update() {
+  local service=$1 before=$2 state='' started='' message
+  local limit=$((60 + 120 * $(docker service ps -q --filter desired-state=running "$service" | wc -l)))
+  local deadline=$((SECONDS + limit))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    read -r state started < <(update_status "$service") || true
+    # Until Swarm starts this update, the status is the previous one's.
+    if [ -n "$started" ] && [ "$started" != "$before" ]; then
+      case $state in
+        completed) log "update of $service: completed"; return 0 ;;
+        paused | rollback_completed | rollback_paused)
+          message=$(docker service inspect --format '{{.UpdateStatus.Message}}' "$service")
+          log "update of $service: $state ($message)"
+          return 1 ;;
+      esac
+    fi
+    sleep 1
+  done
+  log "update of $service: ${state:-not started} after $limit s (2 minutes a replica); gave up waiting"
+  return 1
 }
 
 # REGISTRY: the address (127.0.0.1:PORT) of the registry the stack's images are pushed to.

@@ -14,11 +14,11 @@ choose_images "${REGISTRY_IMAGE:-registry:2}"
 registry_ensure
 [ "${1-}" = --no-build ] || web_push
 service=${STACK}_web
-before=$(docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}' "$service")
-# Waits until the update has converged, or been rolled back (then it fails: hence `|| true`).
-docker service update --detach=false --quiet --image "$REGISTRY/flipfleet-web:$FLIP_VERSION" "$service" >&2 || true
-read -r state started < <(docker service inspect \
-  --format '{{if .UpdateStatus}}{{.UpdateStatus.State}} {{.UpdateStatus.StartedAt}}{{end}}' "$service")
-log "update of $service to $FLIP_VERSION: ${state:-none}"
-# Completed, and by this run (an earlier update's status stays on the service).
-[ "$state" = completed ] && [ "$started" != "$before" ]
+read -r _ before < <(update_status "$service") || true
+image_before=$(service_image "$service")
+docker service update --detach=true --quiet --image "$REGISTRY/flipfleet-web:$FLIP_VERSION" "$service" >/dev/null
+if [ "$(service_image "$service")" = "$image_before" ]; then
+  log "$service already runs $FLIP_VERSION (the same image digest): nothing to roll out"
+  exit 0
+fi
+await_update "$service" "${before-}"
