@@ -74,7 +74,10 @@ render() {
   [ "$max_conns" -ge 1 ] || max_conns=1
   # Every admitted request may hold its whole body and its answer buffers in memory at once:
   #   need = large x (FLIP_MAX_BYTES + answer buffers) + small x (1 MB + answer buffers) + base
-  large=$((replicas * max_conns))
+  # Plus one: after a reload the old worker frees a finished request's slot a moment after its
+  # client has the answer, and the client's next request reaches the new worker first (clients
+  # exactly at the bound got 503s then; max_conns needs none, its count starts anew at a reload).
+  large=$((replicas * max_conns + 1))
   small=$SMALL_BODIES
   per_large=$((FLIP_MAX_BYTES + ANSWER_BUFFER_BYTES))
   per_small=$((SMALL_BODY_BYTES + ANSWER_BUFFER_BYTES))

@@ -22,6 +22,7 @@ from PIL import Image
 from harness import client, usage, wait_for
 from harness.compose import ROOT
 from harness.locust import run_locust
+from service.config import Settings
 from service.sample import load_sample
 from tests.corpus import malformed_requests
 from tests.pictures import encode, noise_jpeg, picture
@@ -325,6 +326,35 @@ def test_back_pressure_refuses_within_a_second_when_every_replica_is_full(stack)
     assert slowest_refusal < 1.0, slowest_refusal
     print(f"40 concurrent flips to 1 replica: {dict(by_status)}; refusals within {slowest_refusal:.2f} s, "
           f"the last flip after {slowest_flip:.2f} s")
+
+
+@pytest.mark.slow
+def test_clients_at_the_admission_bound_are_not_refused_while_nginx_reloads(stack):
+    # nginx reloads whenever the replica count changes (a scale); each reload moves every client
+    # to a new connection and a new worker, which must not find a slot that is not yet freed.
+    flipfleet = stack(1)
+    clients = Settings.from_env({}).queue  # exactly what one replica holds
+    photo = noise_jpeg((2000, 1500))
+    assert len(photo) >= 1_000_000  # a large body: it takes a slot of nginx's admission
+    stop_at = time.monotonic() + 40
+    statuses: collections.Counter = collections.Counter()
+
+    def flip_until_stopped(_) -> None:
+        while time.monotonic() < stop_at:
+            answer = client.post(flipfleet.url + "/flip", photo, {"Content-Type": "image/jpeg"}, timeout=60)
+            statuses[answer.status or answer.error] += 1
+
+    reloads = 0
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        running = [pool.submit(flip_until_stopped, i) for i in range(clients)]
+        while time.monotonic() < stop_at - 3:
+            time.sleep(2)
+            flipfleet.compose("exec", "-T", "nginx", "nginx", "-s", "reload", "-c", "/tmp/nginx.conf")
+            reloads += 1
+        for each in running:
+            each.result()
+    assert set(statuses) == {200}, dict(statuses)
+    print(f"{clients} clients at one replica's bound, nginx reloaded {reloads} times: {dict(statuses)}")
 
 
 @pytest.mark.slow
