@@ -6,6 +6,7 @@
 # DNS) defaults to resolv.conf's; NGINX_INSTANCES (1) is how many nginx share the replicas.
 # While nginx runs, the admission follows the replicas that DNS lists (a reload when it changes).
 #   NGINX_CONF=out.conf nginx/entrypoint.sh --render-only   # render without running nginx
+#   docker compose exec nginx sh /etc/flipfleet/nginx/entrypoint.sh --reload   # render again, reload
 set -eu
 
 HERE=$(dirname "$0")
@@ -66,18 +67,17 @@ memory_limit() {
   [ ${#limit} -lt 19 ] && echo "$limit"
 }
 
-# render REPLICAS: write the config for that many replicas to $OUT (atomically), and log it.
+# render REPLICAS [EXTRA]: write the config for that many replicas, admitting EXTRA (0) large
+# bodies more, to $OUT (atomically), and log it.
 render() {
   replicas=$1
+  extra=${2:-0}
   # Each of the nginx sharing the replicas sends a replica its share of what it holds.
   max_conns=$((FLIP_QUEUE / NGINX_INSTANCES))
   [ "$max_conns" -ge 1 ] || max_conns=1
   # Every admitted request may hold its whole body and its answer buffers in memory at once:
   #   need = large x (FLIP_MAX_BYTES + answer buffers) + small x (1 MB + answer buffers) + base
-  # Plus one: after a reload the old worker frees a finished request's slot a moment after its
-  # client has the answer, and the client's next request reaches the new worker first (clients
-  # exactly at the bound got 503s then; max_conns needs none, its count starts anew at a reload).
-  large=$((replicas * max_conns + 1))
+  large=$((replicas * max_conns + extra))
   small=$SMALL_BODIES
   per_large=$((FLIP_MAX_BYTES + ANSWER_BUFFER_BYTES))
   per_small=$((SMALL_BODY_BYTES + ANSWER_BUFFER_BYTES))
@@ -118,17 +118,28 @@ render() {
     "(needs $((need / 1048576)) MiB${limit:+ of $((limit / 1048576)) MiB})"
 }
 
+replicas_listed() {
+  getent ahostsv4 "${FLIP_UPSTREAM%:*}" 2>/dev/null | awk '{ print $1 }' | sort -u | wc -l
+}
+
+# reload REPLICAS: render for that many and reload nginx gracefully (requests in progress finish
+# on the old workers). A reloaded config admits one large body more: the old worker frees a
+# finished request's slot a moment after its client has the answer, and the client's next
+# request reaches the new worker first (clients exactly at the bound were refused at every scale
+# without it: tests/test_reliability.py). A first start has no old worker, so it admits none more.
+reload() {
+  render "$1" 1
+  nginx -t -q -c "$OUT" -e stderr && nginx -s reload -c "$OUT" -e stderr
+}
+
 # Replicas come and go (--scale, docker service scale, an autoscaler): when DNS lists another
-# number of them, render for that number and reload nginx (gracefully: requests in progress
-# finish on the old workers). A lookup that finds none keeps the last bound.
+# number of them, reload for that number. A lookup that finds none keeps the last bound.
 follow_replicas() {
-  host=${FLIP_UPSTREAM%:*}
   current=$1
   while sleep "$FOLLOW_SECONDS"; do
-    seen=$(getent ahostsv4 "$host" 2>/dev/null | awk '{ print $1 }' | sort -u | wc -l)
+    seen=$(replicas_listed)
     [ "$seen" -gt 0 ] && [ "$seen" -ne "$current" ] || continue
-    render "$seen"
-    if nginx -t -q -c "$OUT" -e stderr && nginx -s reload -c "$OUT" -e stderr; then
+    if reload "$seen"; then
       current=$seen
     fi
   done
@@ -136,6 +147,12 @@ follow_replicas() {
 
 limit=$(memory_limit || true)
 max_bytes_text=$(echo "$FLIP_MAX_BYTES" | awk '{ s = $0; while (s ~ /[0-9][0-9][0-9][0-9]/) { sub(/[0-9][0-9][0-9]($|,)/, ",&", s) } print s }')
+if [ "${1-}" = "--reload" ]; then
+  listed=$(replicas_listed)
+  [ "$listed" -gt 0 ] || listed=$WEB_REPLICAS
+  reload "$listed"
+  exit
+fi
 render "$WEB_REPLICAS"
 
 [ "${1-}" = "--render-only" ] && exit 0

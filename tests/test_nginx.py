@@ -66,10 +66,9 @@ def test_body_limits_follow_the_service_setting(tmp_path, env):
 
 @pytest.mark.parametrize(
     ("env", "max_conns", "large"),
-    # Each nginx admits one more than the replicas hold, for a slot freed late (entrypoint.sh).
-    [({"WEB_REPLICAS": "3", "FLIP_QUEUE": "5"}, 5, 16),
+    [({"WEB_REPLICAS": "3", "FLIP_QUEUE": "5"}, 5, 15),
      # Two nginx in front of the same replicas (Kubernetes): each sends a replica half its queue.
-     ({"WEB_REPLICAS": "3", "FLIP_QUEUE": "5", "NGINX_INSTANCES": "2"}, 2, 7)],
+     ({"WEB_REPLICAS": "3", "FLIP_QUEUE": "5", "NGINX_INSTANCES": "2"}, 2, 6)],
     ids=["one-nginx", "two-nginx"],
 )
 def test_admission_and_max_conns_come_from_replicas_and_queue(tmp_path, env, max_conns, large):
@@ -82,7 +81,7 @@ def test_admission_and_max_conns_come_from_replicas_and_queue(tmp_path, env, max
 @pytest.mark.parametrize(
     ("env", "admitted"),
     # Defaults: all the replicas can hold fits. More: fewer of both kinds, in proportion.
-    [({}, (17, 128)), ({"FLIP_QUEUE": "16"}, (20, 81)), ({"WEB_REPLICAS": "8"}, (23, 46))],
+    [({}, (16, 128)), ({"FLIP_QUEUE": "16"}, (20, 83)), ({"WEB_REPLICAS": "8"}, (23, 47))],
     ids=["defaults", "q16", "r8"],
 )
 def test_the_admitted_bodies_and_answers_fit_in_nginx_memory_limit(tmp_path, env, admitted):

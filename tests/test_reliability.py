@@ -349,7 +349,8 @@ def test_clients_at_the_admission_bound_are_not_refused_while_nginx_reloads(stac
         running = [pool.submit(flip_until_stopped, i) for i in range(clients)]
         while time.monotonic() < stop_at - 3:
             time.sleep(2)
-            flipfleet.compose("exec", "-T", "nginx", "nginx", "-s", "reload", "-c", "/tmp/nginx.conf")
+            # What nginx's entrypoint does when the replica count changes.
+            flipfleet.compose("exec", "-T", "nginx", "sh", "/etc/flipfleet/nginx/entrypoint.sh", "--reload")
             reloads += 1
         for each in running:
             each.result()
