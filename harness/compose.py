@@ -3,10 +3,12 @@ name of its own, nginx published on an ephemeral 127.0.0.1 port read back from D
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import subprocess
+import time
 from pathlib import Path
 
 import requests
@@ -187,6 +189,25 @@ class Stack:
             entry["upstreams"] = entry["upstreams"].split(", ")
             entry["upstream_statuses"] = entry["upstream_statuses"].split(", ")
             found.append(entry)
+        return found
+
+    def flip_clients(self, *clients: dict, seconds: float, start_in: float = 10) -> list[dict]:
+        """Run one harness.flipclient container per entry of `clients` (its options: connections, size)
+        at once on the stack's network, each with an address of its own; what each got. They start
+        flipping together, `start_in` seconds from now (time for the containers to start)."""
+        start_at = time.time() + start_in
+        started = [subprocess.Popen(
+            ["docker", "run", "--rm", "--network", f"{self.project}_default", "--memory", "512m",
+             "--pids-limit", "256", "-v", f"{ROOT / 'harness'}:/src/harness:ro", "-e", "PYTHONPATH=/src",
+             "flipfleet-web:latest", "python", "-m", "harness.flipclient", "http://nginx:8080",
+             "--seconds", str(seconds), "--start-at", str(start_at), *(arg for key, value in client.items() for arg in ((f"--{key}",) if value is True else (f"--{key}", str(value))))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for client in clients]
+        found = []
+        for process in started:
+            out, err = process.communicate(timeout=seconds + 240)
+            if process.returncode != 0:
+                raise RuntimeError(f"a flip client failed ({process.returncode}):\n{err[-2000:]}")
+            found.append(json.loads(out))
         return found
 
     def replica_names(self, requests_count: int) -> list[str]:

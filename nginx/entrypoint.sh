@@ -1,161 +1,138 @@
-#!/bin/sh
-# Render nginx.conf.template with this deployment's numbers, check the result, then run nginx.
-# The limits come from the environment, else from service/defaults.env (the replicas' own
-# defaults), so nginx and the replicas always agree. Needs FLIP_UPSTREAM (host:port of the
-# replicas) and WEB_REPLICAS (how many to admit for at start); NGINX_RESOLVER (the platform's
-# DNS) defaults to resolv.conf's; NGINX_INSTANCES (1) is how many nginx share the replicas.
-# While nginx runs, the admission follows the replicas that DNS lists (a reload when it changes).
-#   NGINX_CONF=out.conf nginx/entrypoint.sh --render-only   # render without running nginx
-#   docker compose exec nginx sh /etc/flipfleet/nginx/entrypoint.sh --reload   # render again, reload
-set -eu
+#!/bin/bash
+# nginx for flipfleet: fill nginx.conf.template in with this deployment's numbers (envsubst), check
+# it, run nginx, and fill it in again and reload whenever DNS lists another number of replicas (or
+# of nginx). Settings come from the environment, else from the replicas' own defaults file, so
+# nginx and the replicas agree. Needs FLIP_UPSTREAM (the replicas' host:port) and WEB_REPLICAS
+# (how many to admit for until DNS says). docs/operations.md describes every variable.
+#   NGINX_CONF=out.conf nginx/entrypoint.sh --render-only   # write the config, run nothing
+#   nginx/entrypoint.sh --plan                              # print what it admits, as KEY=VALUE
+#   nginx/entrypoint.sh --reload                            # fill in again, reload a running nginx
+set -euo pipefail
 
-HERE=$(dirname "$0")
-DEFAULTS=${FLIPFLEET_DEFAULTS:-/etc/flipfleet/defaults.env}
-TEMPLATE=${NGINX_TEMPLATE:-$HERE/nginx.conf.template}
-OUT=${NGINX_CONF:-/tmp/nginx.conf}
-# How often the replica count is looked up while nginx runs.
-FOLLOW_SECONDS=5
-# Answers stream through these buffers (proxy_buffers): how many, and KiB each.
-ANSWER_BUFFER_COUNT=16
-ANSWER_BUFFER_KIB=64
-ANSWER_BUFFER_BYTES=$((ANSWER_BUFFER_COUNT * ANSWER_BUFFER_KIB * 1024))
-# Bodies under 1 MB (the template's maps) are "small"; this many are admitted at once.
-SMALL_BODIES=128
-SMALL_BODY_BYTES=1000000
+here=$(dirname "$0")
+defaults=${FLIPFLEET_DEFAULTS:-/etc/flipfleet/defaults.env}
+template=${NGINX_TEMPLATE:-$here/nginx.conf.template}
+out=${NGINX_CONF:-/tmp/nginx.conf}
+# Answers stream through proxy_buffers of this many KiB each.
+answer_buffers=(16 64)
+# Bodies under 1 MB are "small" (the template's maps): this many at once, apart from the rest.
+small_bodies=128 small_body_bytes=1000000
 # nginx's own memory beside the bodies and answers it holds: workers, zones, connections.
-BASE_BYTES=$((64 * 1024 * 1024))
+base_bytes=$((64 << 20))
+follow_seconds=5
 
 log() { echo "flipfleet-nginx: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# A variable the environment sets wins over the defaults file. (Kubernetes sets them all from
-# its ConfigMap and mounts no file.)
-if [ -r "$DEFAULTS" ]; then
+if [[ -r $defaults ]]; then
   while IFS='=' read -r key value; do
-    case $key in ''|\#*) continue ;; esac
-    case $key in *[!A-Z0-9_]*) die "bad line in $DEFAULTS: $key" ;; esac
-    eval "current=\${$key-}"
-    [ -n "$current" ] || eval "$key=\$value"
-  done <"$DEFAULTS"
+    [[ -z $key || $key == \#* ]] && continue
+    [[ $key =~ ^[A-Z][A-Z0-9_]*$ ]] || die "bad line in $defaults: $key"
+    [[ -n ${!key:-} ]] || export "$key=$value"
+  done <"$defaults"
 fi
 : "${NGINX_RESOLVER:=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf 2>/dev/null)}"
-
-for name in FLIP_UPSTREAM NGINX_RESOLVER WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES; do
-  eval "value=\${$name-}"
-  [ -n "$value" ] || die "$name is not set"
+: "${NGINX_INSTANCES:=1}" "${NGINX_TRUSTED_PROXIES:=}" "${NGINX_PEERS:=}"
+export NGINX_RESOLVER
+for name in FLIP_UPSTREAM NGINX_RESOLVER WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES FLIP_CLIENT_SHARE; do
+  [[ -n ${!name:-} ]] || die "$name is not set"
 done
-: "${NGINX_INSTANCES:=1}"
-for name in WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES NGINX_INSTANCES; do
-  eval "value=\$$name"
-  case $value in ''|*[!0-9]*) die "$name must be a whole number, not '$value'" ;; esac
-  [ "$value" -ge 1 ] || die "$name must be at least 1"
+for name in WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES FLIP_CLIENT_SHARE NGINX_INSTANCES; do
+  [[ ${!name} =~ ^[0-9]+$ ]] || die "$name must be a whole number, not '${!name}'"
+  ((${!name} >= 1)) || die "$name must be at least 1"
+done
+for network in $NGINX_TRUSTED_PROXIES; do
+  [[ $network =~ ^[0-9a-fA-F.:]+(/[0-9]{1,3})?$ ]] || die "NGINX_TRUSTED_PROXIES: '$network' is not an address or network"
 done
 
-# The memory limit of this container's cgroup (v2, then v1), if any; NGINX_MEMORY_BYTES instead
-# when set (a check of the arithmetic outside a container).
+# This container's memory limit (cgroup v2, then v1), or NGINX_MEMORY_BYTES; empty when unlimited.
 memory_limit() {
-  limit=${NGINX_MEMORY_BYTES-}
-  if [ -n "$limit" ]; then
-    :
-  elif [ -r /sys/fs/cgroup/memory.max ]; then
-    limit=$(cat /sys/fs/cgroup/memory.max)
-  elif [ -r /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
-    limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
-  fi
-  # "max", or v1's "unlimited" (a number near 2^63), mean no limit.
-  case $limit in ''|max|*[!0-9]*) return ;; esac
-  [ ${#limit} -lt 19 ] && echo "$limit"
+  local limit=${NGINX_MEMORY_BYTES:-$(cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null | head -n 1)}
+  # "max", or v1's "unlimited" (a number near 2^63): no limit.
+  [[ $limit =~ ^[0-9]{1,18}$ ]] && echo "$limit"
 }
 
-# render REPLICAS [EXTRA]: write the config for that many replicas, admitting EXTRA (0) large
-# bodies more, to $OUT (atomically), and log it.
+# plan REPLICAS INSTANCES EXTRA: what to admit. Each admitted request may hold its whole body and
+# its answer buffers at once; when the memory limit cannot hold that for every place in the
+# replicas' queues (this nginx's share, plus EXTRA), admit fewer of both sizes, in proportion.
+plan() {
+  local replicas=$1 instances=$2 extra=$3 limit per_large per_small wanted room
+  max_conns=$((FLIP_QUEUE / instances > 0 ? FLIP_QUEUE / instances : 1))
+  large=$((replicas * max_conns + extra)) small=$small_bodies
+  per_large=$((FLIP_MAX_BYTES + answer_buffers[0] * answer_buffers[1] * 1024))
+  per_small=$((small_body_bytes + answer_buffers[0] * answer_buffers[1] * 1024))
+  need=$((large * per_large + small * per_small + base_bytes)) capped=
+  limit=$(memory_limit || true)
+  if [[ -n $limit ]] && ((need > limit)); then
+    ((limit > base_bytes)) || die "a memory limit of $limit bytes leaves nothing for bodies"
+    wanted=$((need - base_bytes)) room=$((limit - base_bytes))
+    capped="the memory limit ($((limit >> 20)) MiB) holds $((large * room / wanted)) large and"
+    capped+=" $((small * room / wanted)) small bodies, not $large and $small: admitting those"
+    large=$((large * room / wanted)) small=$((small * room / wanted))
+    ((large >= 1 && small >= 1)) || die "a memory limit of $limit bytes cannot hold one body of $FLIP_MAX_BYTES bytes"
+    need=$((large * per_large + small * per_small + base_bytes))
+  fi
+  memory=${limit:+$((limit >> 20))}
+}
+
+with_commas() {
+  local n=$1
+  while [[ $n =~ ^([0-9]+)([0-9]{3})(,.*)?$ ]]; do n="${BASH_REMATCH[1]},${BASH_REMATCH[2]}${BASH_REMATCH[3]}"; done
+  echo "$n"
+}
+
+# render REPLICAS INSTANCES EXTRA: write the config to $out (atomically) and say what it admits.
 render() {
-  replicas=$1
-  extra=${2:-0}
-  # Each of the nginx sharing the replicas sends a replica its share of what it holds.
-  max_conns=$((FLIP_QUEUE / NGINX_INSTANCES))
-  [ "$max_conns" -ge 1 ] || max_conns=1
-  # Every admitted request may hold its whole body and its answer buffers in memory at once:
-  #   need = large x (FLIP_MAX_BYTES + answer buffers) + small x (1 MB + answer buffers) + base
-  large=$((replicas * max_conns + extra))
-  small=$SMALL_BODIES
-  per_large=$((FLIP_MAX_BYTES + ANSWER_BUFFER_BYTES))
-  per_small=$((SMALL_BODY_BYTES + ANSWER_BUFFER_BYTES))
-  need=$((large * per_large + small * per_small + BASE_BYTES))
-  if [ -n "$limit" ] && [ "$need" -gt "$limit" ]; then
-    # Too little memory for what the replicas could take: admit fewer bodies of both kinds, in
-    # the same proportion, rather than risk nginx being killed for memory.
-    available=$((limit - BASE_BYTES))
-    wanted=$((need - BASE_BYTES))
-    [ "$available" -gt 0 ] || die "a memory limit of $limit bytes leaves nothing for bodies"
-    large_fit=$((large * available / wanted))
-    small_fit=$((small * available / wanted))
-    [ "$large_fit" -ge 1 ] && [ "$small_fit" -ge 1 ] ||
-      die "a memory limit of $limit bytes cannot hold one body of $FLIP_MAX_BYTES bytes"
-    log "the memory limit ($((limit / 1048576)) MiB) holds $large_fit large and $small_fit small bodies," \
-      "not $large and $small: admitting those"
-    large=$large_fit
-    small=$small_fit
-    need=$((large * per_large + small * per_small + BASE_BYTES))
-  fi
-  sed -e "s|@FLIP_UPSTREAM@|$FLIP_UPSTREAM|g" \
-      -e "s|@NGINX_RESOLVER@|$NGINX_RESOLVER|g" \
-      -e "s|@WEB_REPLICAS@|$replicas|g" \
-      -e "s|@FLIP_QUEUE@|$FLIP_QUEUE|g" \
-      -e "s|@MAX_CONNS@|$max_conns|g" \
-      -e "s|@FLIP_MAX_BYTES@|$FLIP_MAX_BYTES|g" \
-      -e "s|@FLIP_MAX_BYTES_TEXT@|$max_bytes_text|g" \
-      -e "s|@ADMITTED_LARGE@|$large|g" \
-      -e "s|@ADMITTED_SMALL@|$small|g" \
-      -e "s|@ANSWER_BUFFERS@|$ANSWER_BUFFER_COUNT ${ANSWER_BUFFER_KIB}k|g" \
-      "$TEMPLATE" >"$OUT.new"
-  if grep -q '@[A-Z_]*@' "$OUT.new"; then
-    die "unfilled placeholders in $OUT: $(grep -o '@[A-Z_]*@' "$OUT.new" | sort -u | tr '\n' ' ')"
-  fi
-  mv "$OUT.new" "$OUT"
-  log "upstream $FLIP_UPSTREAM ($replicas replicas), max_conns $max_conns per replica; admitting $large" \
-    "bodies of up to $FLIP_MAX_BYTES bytes and $small under 1 MB" \
-    "(needs $((need / 1048576)) MiB${limit:+ of $((limit / 1048576)) MiB})"
+  plan "$@"
+  [[ -z $capped ]] || log "$capped"
+  local real_ip='' network
+  for network in $NGINX_TRUSTED_PROXIES; do real_ip+="set_real_ip_from $network;"$'\n    '; done
+  [[ -z $real_ip ]] || real_ip+="real_ip_header X-Forwarded-For;"$'\n    '"real_ip_recursive on;"
+  REPLICAS=$1 MAX_CONNS=$max_conns ADMITTED_LARGE=$large ADMITTED_SMALL=$small REAL_IP=$real_ip \
+    ANSWER_BUFFERS="${answer_buffers[0]} ${answer_buffers[1]}k" FLIP_MAX_BYTES_TEXT=$(with_commas "$FLIP_MAX_BYTES") \
+    envsubst "$(grep -o '\${[A-Z_]*}' "$template" | sort -u | tr -d '\n')" <"$template" >"$out.new"
+  mv "$out.new" "$out"
+  log "upstream $FLIP_UPSTREAM ($1 replicas), max_conns $max_conns per replica from this nginx (of $2); admitting $large" \
+    "bodies of up to $FLIP_MAX_BYTES bytes and $small under 1 MB, at most $FLIP_CLIENT_SHARE from one client" \
+    "(needs $((need >> 20)) MiB${memory:+ of $memory MiB})"
 }
 
-replicas_listed() {
-  getent ahostsv4 "${FLIP_UPSTREAM%:*}" 2>/dev/null | awk '{ print $1 }' | sort -u | wc -l
+listed() { getent ahostsv4 "$1" 2>/dev/null | awk '{ print $1 }' | sort -u | wc -l; }
+
+# What DNS lists now, or the last count when it lists none (a lookup between two tasks).
+replicas_now() { local n; n=$(listed "${FLIP_UPSTREAM%:*}"); echo $((n > 0 ? n : ${1:-$WEB_REPLICAS})); }
+instances_now() {
+  [[ -n $NGINX_PEERS ]] || { echo "$NGINX_INSTANCES"; return; }
+  local n; n=$(listed "$NGINX_PEERS"); echo $((n > 0 ? n : ${1:-$NGINX_INSTANCES}))
 }
 
-# reload REPLICAS: render for that many and reload nginx gracefully (requests in progress finish
-# on the old workers). A reloaded config admits one large body more: the old worker frees a
-# finished request's slot a moment after its client has the answer, and the client's next
-# request reaches the new worker first (clients exactly at the bound were refused at every scale
-# without it: tests/test_reliability.py). A first start has no old worker, so it admits none more.
+# A reloaded config admits one large body more: an old worker frees a finished request's slot a
+# moment after its client has the answer, and the client's next request reaches the new worker
+# first. A first start has no old worker.
 reload() {
-  render "$1" 1
-  nginx -t -q -c "$OUT" -e stderr && nginx -s reload -c "$OUT" -e stderr
+  render "$1" "$2" 1
+  nginx -t -q -c "$out" -e stderr && nginx -s reload -c "$out" -e stderr
 }
 
-# Replicas come and go (--scale, docker service scale, an autoscaler): when DNS lists another
-# number of them, reload for that number. A lookup that finds none keeps the last bound.
-follow_replicas() {
-  current=$1
-  while sleep "$FOLLOW_SECONDS"; do
-    seen=$(replicas_listed)
-    [ "$seen" -gt 0 ] && [ "$seen" -ne "$current" ] || continue
-    if reload "$seen"; then
-      current=$seen
-    fi
+follow() {
+  local replicas=$1 instances=$2 seen_replicas seen_instances
+  while sleep "$follow_seconds"; do
+    seen_replicas=$(replicas_now "$replicas") seen_instances=$(instances_now "$instances")
+    [[ $seen_replicas != "$replicas" || $seen_instances != "$instances" ]] || continue
+    reload "$seen_replicas" "$seen_instances" && replicas=$seen_replicas instances=$seen_instances
   done
 }
 
-limit=$(memory_limit || true)
-max_bytes_text=$(echo "$FLIP_MAX_BYTES" | awk '{ s = $0; while (s ~ /[0-9][0-9][0-9][0-9]/) { sub(/[0-9][0-9][0-9]($|,)/, ",&", s) } print s }')
-if [ "${1-}" = "--reload" ]; then
-  listed=$(replicas_listed)
-  [ "$listed" -gt 0 ] || listed=$WEB_REPLICAS
-  reload "$listed"
-  exit
-fi
-render "$WEB_REPLICAS"
-
-[ "${1-}" = "--render-only" ] && exit 0
-nginx -t -q -c "$OUT" -e stderr
-follow_replicas "$WEB_REPLICAS" &
-exec nginx -c "$OUT" -e stderr -g 'daemon off;'
+case ${1-} in
+  --plan)
+    plan "$WEB_REPLICAS" "$NGINX_INSTANCES" 0
+    printf '%s\n' "MAX_CONNS=$max_conns" "ADMITTED_LARGE=$large" "ADMITTED_SMALL=$small" "NEEDED_BYTES=$need" \
+      "MEMORY_LIMIT_BYTES=$(memory_limit || true)" "CLIENT_SHARE=$FLIP_CLIENT_SHARE" ;;
+  --render-only) render "$WEB_REPLICAS" "$NGINX_INSTANCES" 0 ;;
+  --reload) reload "$(replicas_now)" "$(instances_now)" ;;
+  *)
+    render "$WEB_REPLICAS" "$(instances_now)" 0
+    nginx -t -q -c "$out" -e stderr
+    follow "$WEB_REPLICAS" "$(instances_now)" &
+    exec nginx -c "$out" -e stderr -g 'daemon off;' ;;
+esac

@@ -221,7 +221,7 @@ build_python() {
 }
 
 build_nginx() {
-  build nginx sid nginx "$NGINX_IMAGE" SIGQUIT \
+  build nginx sid nginx,gettext-base "$NGINX_IMAGE" SIGQUIT \
     --change "ENV PATH=$PATH_ENV" --change 'EXPOSE 80' \
     --change 'CMD ["nginx", "-g", "daemon off;"]'
   docker run --rm "$NGINX_IMAGE" nginx -t >&2

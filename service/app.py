@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
 import os
 import re
@@ -17,6 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service import imaging
 from service.config import Settings
+from service.gate import Busy, ClientGone, FlipGate, OverShare
 from service.metrics import Metrics, MetricsMiddleware
 from service.sample import load_sample
 
@@ -35,74 +34,14 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 STARTED = time.monotonic()
 
 
-class Busy(Exception):
-    """The replica already holds as many flips as its queue allows."""
-
-
-class ClientGone(Exception):
-    """The client went away while its flip waited: there is no one to answer."""
-
-
-class FlipGate:
-    """At most `concurrency` flips at once, at most `queue` held (running or waiting); one more
-    is refused at once rather than queued, so that nginx can try another replica. Waiting flips
-    run in the order they came, and one whose client has gone while it waited gives its place up."""
-
-    # How often a waiting flip looks whether its client is still there.
-    CHECK_SECONDS = 0.2
-
-    def __init__(self, concurrency: int, queue: int):
-        self.concurrency = concurrency
-        self.queue = queue
-        self.held = 0  # flips admitted and not yet done
-        self._running = 0
-        self._waiting: collections.deque[threading.Event] = collections.deque()
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def admit(self, client_gone=lambda: False):
-        """Hold a place for one flip; yields the seconds it waited for its turn to run."""
-        started = time.perf_counter()
-        with self._lock:
-            if self.held >= self.queue:
-                raise Busy
-            self.held += 1
-            turn = None
-            if self._running < self.concurrency and not self._waiting:
-                self._running += 1
-            else:
-                turn = threading.Event()
-                self._waiting.append(turn)
-        try:
-            while turn is not None and not turn.wait(self.CHECK_SECONDS):
-                if client_gone():
-                    with self._lock:
-                        if turn in self._waiting:  # else it was handed its turn just now
-                            self._waiting.remove(turn)
-                            raise ClientGone
-            try:
-                yield time.perf_counter() - started
-            finally:
-                self._pass_turn()
-        finally:
-            with self._lock:
-                self.held -= 1
-
-    def _pass_turn(self) -> None:
-        # Straight to the oldest waiting flip: a newcomer never gets ahead of it.
-        with self._lock:
-            if self._waiting:
-                self._waiting.popleft().set()
-            else:
-                self._running -= 1
-
-
 def create_app(settings: Settings | None = None) -> Flask:
     """The flip service; `settings` default to the environment's (Settings.from_env)."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config.from_mapping(MAX_CONTENT_LENGTH=settings.max_bytes, SETTINGS=settings)
-    gate = app.extensions["flip_gate"] = FlipGate(settings.concurrency, settings.queue)
+    gate = app.extensions["flip_gate"] = FlipGate(settings.concurrency, settings.queue, settings.client_share)
+    app.extensions["flipped_sample"] = {}
+    app.extensions["flipped_sample_lock"] = threading.Lock()
     metrics = app.extensions["metrics"] = Metrics(settings.version, settings.queue)
     metrics.held.set_function(lambda: gate.held)
     app.wsgi_app = MetricsMiddleware(app.wsgi_app, metrics)
@@ -112,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(imaging.ImageError, _image_error)
     app.register_error_handler(Busy, _busy)
+    app.register_error_handler(OverShare, _over_share)
     app.register_error_handler(ClientGone, _client_gone)
     app.register_error_handler(MemoryError, _out_of_memory)
     app.register_error_handler(Exception, _internal_error)
@@ -141,24 +81,55 @@ def flip() -> Response:
     direction = request.args.get("direction", "vertical")
     if direction not in imaging.DIRECTIONS:
         abort(400, f"direction must be one of {', '.join(imaging.DIRECTIONS)}, not {direction!r}")
+    if _asks_for_the_sample():
+        return _flip_response(_flipped_sample(direction))
     # waitress tells whether the client (nginx) closed the connection meanwhile.
     client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
-    with current_app.extensions["flip_gate"].admit(client_gone) as waited:
+    gate = current_app.extensions["flip_gate"]
+    with gate.admit(_client(), client_gone) as turn:
         read_started = time.perf_counter()
         data = _uploaded_picture()
         read = time.perf_counter() - read_started
-        result = _flip(data, direction)
+        result = _record_flip(_flip(gate, turn, data, direction), data, turn.waited, read)
+    return _flip_response(result)
+
+
+def _flip_response(result: imaging.Flipped) -> Response:
     response = Response(result.data, mimetype=result.media_type)
     response.headers["X-Image-Size"] = f"{result.width}x{result.height}"
     response.headers["X-Image-Frames"] = str(result.frames)
-    # For the metrics, once waitress has taken the whole answer (service.metrics).
+    request.environ["flipfleet.view_done"] = time.perf_counter()
+    return response
+
+
+def _asks_for_the_sample() -> bool:
+    """No body and no Content-Type: the demo request, `curl -X POST .../flip`."""
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return not request.mimetype and not request.content_length and not chunked
+
+
+def _flipped_sample(direction: str) -> imaging.Flipped:
+    """The bundled sample flipped, made once per direction: a demo request that is free after the first."""
+    cache = current_app.extensions["flipped_sample"]
+    if direction not in cache:
+        # The first one is a real flip, so it takes its place in the gate like any other.
+        gate = current_app.extensions["flip_gate"]
+        with gate.admit(_client()) as turn, current_app.extensions["flipped_sample_lock"]:
+            if direction not in cache:
+                sample = load_sample(_settings().sample_path or None)
+                flipped = gate.run(turn, imaging.flip, sample, direction, _settings().limits)
+                cache[direction] = _record_flip(flipped, sample, turn.waited, read=0.0)
+    return cache[direction]
+
+
+def _record_flip(result: imaging.Flipped, data: bytes, waited: float, read: float) -> imaging.Flipped:
+    """Hand a real flip's figures to the metrics, which take them once waitress has the whole answer."""
     request.environ["flipfleet.flip"] = {
         "spans": {"queue": waited, "read": read, **result.spans},
         "bytes_in": len(data), "bytes_out": len(result.data),
         "pixels": result.width * result.height * result.frames, "frames": result.frames,
     }
-    request.environ["flipfleet.view_done"] = time.perf_counter()
-    return response
+    return result
 
 
 def metrics_page() -> Response:
@@ -166,9 +137,9 @@ def metrics_page() -> Response:
     return Response(body, content_type=content_type)
 
 
-def _flip(data: bytes, direction: str) -> imaging.Flipped:
+def _flip(gate: FlipGate, turn, data: bytes, direction: str) -> imaging.Flipped:
     try:
-        return imaging.flip(data, direction, _settings().limits)
+        return gate.run(turn, imaging.flip, data, direction, _settings().limits)
     except imaging.NotAnImage:
         declared = request.mimetype
         if declared.startswith("image/") and declared not in _readable_media_types():
@@ -177,7 +148,7 @@ def _flip(data: bytes, direction: str) -> imaging.Flipped:
 
 
 def _uploaded_picture() -> bytes:
-    """The picture's bytes from a raw body or a multipart form; the sample for no body."""
+    """The picture's bytes from a raw body or a multipart form."""
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         files = [f for name in FORM_FIELDS for f in request.files.getlist(name)]
@@ -194,11 +165,9 @@ def _uploaded_picture() -> bytes:
     if mimetype and not (mimetype.startswith("image/") or mimetype == "application/octet-stream"):
         abort(415, f"Content-Type {mimetype} is not accepted; send one of {', '.join(ACCEPTED_TYPES)}")
     data = request.get_data(cache=False)
-    if data:
-        return data
-    if mimetype:
+    if not data:
         abort(400, "the body is empty: send a picture, or no body and no Content-Type for the sample")
-    return load_sample(_settings().sample_path or None)
+    return data
 
 
 def _readable_media_types() -> set[str]:
@@ -212,6 +181,11 @@ def _settings() -> Settings:
 
 def _replica() -> str:
     return _settings().replica
+
+
+def _client() -> str:
+    """Who sent the flip, for the gate's fairness: the address nginx saw, else the peer's."""
+    return request.headers.get("X-Flipfleet-Client") or request.remote_addr or ""
 
 
 def _start_clock() -> None:
@@ -279,6 +253,15 @@ def _busy(exc: Busy) -> Response:
     _refused(503, "busy")
     queue = current_app.extensions["flip_gate"].queue
     response = _json_error(503, f"the replica holds {queue} flips already; retry after 1 s")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def _over_share(exc: OverShare) -> Response:
+    _refused(429, "client_share")
+    share = current_app.extensions["flip_gate"].client_share
+    response = _json_error(429, f"this client holds {share} flips in this replica already, the most one client may; "
+                                "retry after 1 s")
     response.headers["Retry-After"] = "1"
     return response
 

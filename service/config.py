@@ -33,6 +33,7 @@ class Settings:
     # Tuned per deployment: defaults in DEFAULTS_FILE, which nginx and Kubernetes read too.
     concurrency: int = dataclasses.field(metadata={"env": "FLIP_CONCURRENCY"})
     queue: int = dataclasses.field(metadata={"env": "FLIP_QUEUE"})
+    client_share: int = dataclasses.field(metadata={"env": "FLIP_CLIENT_SHARE"})
     max_bytes: int = dataclasses.field(metadata={"env": "FLIP_MAX_BYTES"})
     max_pixels: int = dataclasses.field(metadata={"env": "FLIP_MAX_PIXELS"})
     max_frames: int = dataclasses.field(metadata={"env": "FLIP_MAX_FRAMES"})

@@ -63,7 +63,7 @@ class Stacks:
         """Bring up a stack of `replicas` web replicas, with compose files `overrides` layered
         over compose.yaml and compose variables `env`."""
         # Frequent healthchecks: the stack is healthy sooner, at a CPU cost no test measures.
-        new = Stack(self.label, *overrides, HEALTH_INTERVAL="2s", **env)
+        new = Stack(self.label, *overrides, **{"HEALTH_INTERVAL": "2s", **env})
         self.started.append(new)
         new.up(replicas)
         return new

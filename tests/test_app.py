@@ -239,3 +239,55 @@ def test_waiting_flips_run_in_the_order_they_came(settings, png, monkeypatch):
     for thread in threads:
         thread.join(timeout=30)
     assert [data[-1] for data in started_order] == list(range(gate.queue))
+
+
+def test_a_client_past_its_share_gets_a_json_429_and_others_still_get_in(settings, png, monkeypatch):
+    app = create_app(dataclasses.replace(settings, queue=4, client_share=2))
+    gate = app.extensions["flip_gate"]
+    release, real_flip = threading.Event(), imaging.flip
+
+    def slow_flip(*args, **kwargs):
+        release.wait(10)
+        return real_flip(*args, **kwargs)
+
+    monkeypatch.setattr(imaging, "flip", slow_flip)
+    greedy = {"X-Flipfleet-Client": "10.0.0.1"}
+    holders = [threading.Thread(target=lambda: app.test_client().post("/flip", data=png, content_type="image/png",
+                                                                      headers=greedy).close()) for _ in range(2)]
+    for thread in holders:
+        thread.start()
+    try:
+        assert wait_for(lambda: gate.held_by("10.0.0.1") == 2, timeout=10)
+        refused = app.test_client().post("/flip", data=png, content_type="image/png", headers=greedy)
+        assert_json_error(refused, 429, "holds 2 flips in this replica already")
+        assert refused.headers["Retry-After"] == "1"
+        other = threading.Thread(target=lambda: app.test_client().post(
+            "/flip", data=png, content_type="image/png", headers={"X-Flipfleet-Client": "10.0.0.2"}).close())
+        other.start()
+        assert wait_for(lambda: gate.held_by("10.0.0.2") == 1, timeout=10)
+    finally:
+        release.set()
+        for thread in holders:
+            thread.join(timeout=30)
+        other.join(timeout=30)
+
+
+def test_the_sample_is_flipped_once_per_direction_then_served_from_memory(monkeypatch):
+    app = create_app(Settings.from_env({}))  # the default limits: the sample is 24 MP
+    flips, real_flip = [], imaging.flip
+
+    def counted_flip(*args, **kwargs):
+        flips.append(args[1] if len(args) > 1 else kwargs.get("direction"))
+        return real_flip(*args, **kwargs)
+
+    monkeypatch.setattr(imaging, "flip", counted_flip)
+    client = app.test_client()
+    answers = [client.post("/flip"), client.post("/flip"), client.post("/flip?direction=horizontal"),
+               client.post("/flip?direction=horizontal")]
+    for answer in answers:
+        answer.close()  # as waitress does once it has sent it: the metrics are taken then
+    assert [a.status_code for a in answers] == [200] * 4
+    assert answers[0].data == answers[1].data != answers[2].data == answers[3].data
+    assert flips == ["vertical", "horizontal"]
+    # Only the two real flips count as flipped pixels.
+    assert app.extensions["metrics"].pixels._value.get() == 2 * 6000 * 4000

@@ -37,6 +37,7 @@ def test_every_setting_has_its_variable():
         "PORT": "9000",
         "FLIP_CONCURRENCY": "2",
         "FLIP_QUEUE": "4",
+        "FLIP_CLIENT_SHARE": "3",
         "FLIP_MAX_BYTES": "1000000",
         "FLIP_MAX_PIXELS": "10",
         "FLIP_MAX_FRAMES": "3",
@@ -50,6 +51,7 @@ def test_every_setting_has_its_variable():
     assert set(environ) == set(Settings.env_names().values())
     settings = Settings.from_env(environ)
     assert (settings.host, settings.port, settings.concurrency, settings.queue) == ("0.0.0.0", 9000, 2, 4)
+    assert settings.client_share == 3
     assert (settings.max_bytes, settings.max_pixels, settings.max_frames) == (1_000_000, 10, 3)
     assert settings.max_total_pixels == 30
     assert settings.drain_seconds == 0

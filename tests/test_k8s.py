@@ -78,7 +78,8 @@ def test_every_object_validates_strictly(layout, version):
             problems.append(f"{what}: {exc.message}")
     assert not problems, "\n".join(problems)
     kinds = {doc["kind"] for doc in docs}
-    assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds
+    assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+            "NetworkPolicy"} <= kinds
 
 
 def test_a_broken_manifest_fails_the_validation():
@@ -108,6 +109,35 @@ def test_references_resolve(layout):
             assert selector.get("matchLabels", selector)["app.kubernetes.io/name"] in deployments, name
     hpa = of_kind(docs, "HorizontalPodAutoscaler")["flipfleet-web"]
     assert hpa["spec"]["scaleTargetRef"]["name"] in of_kind(docs, "Deployment")
+
+
+def test_network_policies_deny_by_default_and_allow_only_the_stack_own_paths():
+    docs = render("overlays/example")
+    policies = of_kind(docs, "NetworkPolicy")
+    deny = policies["flipfleet-default-deny"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    port = {name: container(docs, name)["ports"][0]["containerPort"] for name in ("flipfleet-web", "flipfleet-nginx")}
+
+    def rules(name: str, direction: str) -> list[tuple[str, tuple[int, ...]]]:
+        """(who: a pod name label, "any" or "prometheus"/"kube-dns", ports) for each rule."""
+        found = []
+        for rule in policies[name]["spec"].get(direction, []):
+            peers = rule.get("from" if direction == "ingress" else "to") or [{}]
+            ports = tuple(sorted(p["port"] for p in rule.get("ports", [])))
+            for peer in peers:
+                labels = peer.get("podSelector", {}).get("matchLabels", {})
+                found.append((labels.get("app.kubernetes.io/name") or labels.get("k8s-app") or "any", ports))
+        return sorted(found)
+
+    assert rules("flipfleet-web", "ingress") == [("flipfleet-nginx", (port["flipfleet-web"],)),
+                                                 ("prometheus", (port["flipfleet-web"],))]
+    assert rules("flipfleet-web", "egress") == []
+    assert rules("flipfleet-nginx", "ingress") == [("any", (port["flipfleet-nginx"],)), ("prometheus", (8081,))]
+    assert rules("flipfleet-nginx", "egress") == [("flipfleet-web", (port["flipfleet-web"],)), ("kube-dns", (53, 53))]
+    for name in ("flipfleet-web", "flipfleet-nginx"):
+        assert policies[name]["spec"]["podSelector"]["matchLabels"] == \
+            of_kind(docs, "Deployment")[name]["spec"]["selector"]["matchLabels"]
+        assert policies[name]["metadata"]["namespace"] == "flipfleet"
 
 
 def test_the_settings_configmap_is_the_defaults_file_and_compose_passes_the_same_variables():
@@ -207,7 +237,7 @@ def test_the_nginx_pod_environment_renders_a_config_nginx_accepts(docker_images)
                "--memory", main["resources"]["limits"]["memory"].replace("Mi", "m").replace("Gi", "g"),
                "-v", f"{ROOT / 'nginx'}:/etc/flipfleet/nginx:ro", "--entrypoint", "sh",
                *(arg for k, v in env.items() for arg in ("-e", f"{k}={v}")), image, "-c",
-               "sh /etc/flipfleet/nginx/entrypoint.sh --render-only && nginx -t -q -c /tmp/nginx.conf"]
+               "bash /etc/flipfleet/nginx/entrypoint.sh --render-only && nginx -t -q -c /tmp/nginx.conf"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "upstream flipfleet-web.default.svc.cluster.local:8000" in done.stderr

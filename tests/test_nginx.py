@@ -17,17 +17,26 @@ MiB = 1024 * 1024
 UNITS = {"k": 1024, "m": MiB, "g": 1024 * MiB}
 
 
+def entrypoint(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """nginx/entrypoint.sh with these arguments and environment variables (and a stack's own)."""
+    environ = {"PATH": "/usr/bin:/bin", "FLIPFLEET_DEFAULTS": str(DEFAULTS_FILE), "FLIP_UPSTREAM": "web:8000",
+               "NGINX_RESOLVER": "127.0.0.11", "WEB_REPLICAS": "2", **env}
+    return subprocess.run(["bash", str(ENTRYPOINT), *args], env=environ, capture_output=True, text=True, timeout=30)
+
+
 def render(tmp_path: Path, **env: str) -> tuple[str, str]:
     """The rendered config and what the entrypoint logged, for these environment variables."""
     out = tmp_path / "nginx.conf"
-    environ = {
-        "PATH": "/usr/bin:/bin", "FLIPFLEET_DEFAULTS": str(DEFAULTS_FILE), "NGINX_CONF": str(out),
-        "FLIP_UPSTREAM": "web:8000", "NGINX_RESOLVER": "127.0.0.11", "WEB_REPLICAS": "2", **env,
-    }
-    result = subprocess.run(["sh", str(ENTRYPOINT), "--render-only"], env=environ, capture_output=True, text=True,
-                            timeout=30)
+    result = entrypoint("--render-only", NGINX_CONF=str(out), **env)
     assert result.returncode == 0, result.stderr
     return out.read_text(), result.stderr
+
+
+def plan(**env: str) -> dict[str, int]:
+    """What the entrypoint admits for these variables (its --plan), as numbers."""
+    result = entrypoint("--plan", **env)
+    assert result.returncode == 0, result.stderr
+    return {key: int(value) if value else 0 for key, value in (line.split("=", 1) for line in result.stdout.split())}
 
 
 def directive(conf: str, name: str) -> list[str]:
@@ -72,36 +81,64 @@ def test_body_limits_follow_the_service_setting(tmp_path, env):
     ids=["one-nginx", "two-nginx"],
 )
 def test_admission_and_max_conns_come_from_replicas_and_queue(tmp_path, env, max_conns, large):
-    conf, log = render(tmp_path, **env)
+    unlimited = {"NGINX_MEMORY_BYTES": str(2**40)}
+    conf, log = render(tmp_path, **env, **unlimited)
+    small = plan(**env, **unlimited)["ADMITTED_SMALL"]
     assert directive(conf, "server")[0].endswith(f" max_conns={max_conns}")
-    assert directive(conf, "limit_conn") == [f"large_bodies {large}", "small_bodies 128"]
+    assert directive(conf, "limit_conn") == [f"client_bodies {Settings.from_env({}).client_share}",
+                                             f"large_bodies {large}", f"small_bodies {small}"]
     assert f"admitting {large} bodies" in log
 
 
-@pytest.mark.parametrize(
-    ("env", "admitted"),
-    # Defaults: all the replicas can hold fits. More: fewer of both kinds, in proportion.
-    [({}, (16, 128)), ({"FLIP_QUEUE": "16"}, (20, 83)), ({"WEB_REPLICAS": "8"}, (23, 47))],
-    ids=["defaults", "q16", "r8"],
-)
-def test_the_admitted_bodies_and_answers_fit_in_nginx_memory_limit(tmp_path, env, admitted):
+@pytest.mark.parametrize("env", [{}, {"FLIP_QUEUE": "16"}, {"WEB_REPLICAS": "8"}, {"FLIP_MAX_BYTES": "52428800"}],
+                         ids=["defaults", "q16", "r8", "50MiB"])
+def test_the_admitted_bodies_and_answers_fit_in_nginx_memory_limit(tmp_path, env):
     limit = size(compose_default("NGINX_MEMORY_LIMIT"))
     # Inside the container the entrypoint reads this limit from its cgroup; here it is passed in.
+    admitted = plan(NGINX_MEMORY_BYTES=str(limit), **env)
+    wanted = plan(NGINX_MEMORY_BYTES=str(2**40), **env)
+    settings = Settings.from_env(env)
+    replicas = int(env.get("WEB_REPLICAS", "2"))
+    assert wanted["ADMITTED_LARGE"] == replicas * settings.queue  # every place in the replicas' queues
+    assert admitted["NEEDED_BYTES"] <= limit
+    if wanted["NEEDED_BYTES"] <= limit:
+        assert admitted == {**wanted, "MEMORY_LIMIT_BYTES": limit}
+    else:
+        # Fewer of both sizes, in the same proportion (to within one body of rounding).
+        large, small = admitted["ADMITTED_LARGE"], admitted["ADMITTED_SMALL"]
+        assert 1 <= large < wanted["ADMITTED_LARGE"] and 1 <= small < wanted["ADMITTED_SMALL"]
+        assert abs(large / wanted["ADMITTED_LARGE"] - small / wanted["ADMITTED_SMALL"]) < 1 / large
     conf, log = render(tmp_path, NGINX_MEMORY_BYTES=str(limit), **env)
-    settings = Settings.from_env({})
-    large = int(directive(conf, "limit_conn")[0].split()[1])
-    small = int(directive(conf, "limit_conn")[1].split()[1])
-    assert (large, small) == admitted
-    count, each = directive(conf, "proxy_buffers")[0].split()
-    answer = int(count) * size(each)
-    assert directive(conf, "proxy_max_temp_file_size") == ["0"]  # answers never spill to /tmp either
-    # Every admitted request may hold its whole body and its answer buffers at once, beside
-    # nginx's own ~64 MiB; small bodies are under 1 MB.
-    need = large * (settings.max_bytes + answer) + small * (1_000_000 + answer) + 64 * MiB
-    assert need <= limit, f"{need / MiB:.0f} MiB needed, {limit / MiB:.0f} MiB allowed"
-    assert f"needs {need // MiB} MiB" in log
-    print(f"nginx: {large} x ({settings.max_bytes} + {answer}) + {small} x (1000000 + {answer}) + 64 MiB = "
-          f"{need / MiB:.0f} MiB of its {limit / MiB:.0f} MiB limit")
+    assert directive(conf, "limit_conn")[1:] == [f"large_bodies {admitted['ADMITTED_LARGE']}",
+                                                 f"small_bodies {admitted['ADMITTED_SMALL']}"]
+    # Bodies and answers never spill to files, so memory is all they take.
+    assert directive(conf, "client_body_buffer_size") == directive(conf, "client_max_body_size")
+    assert directive(conf, "proxy_max_temp_file_size") == ["0"]
+    assert f"needs {admitted['NEEDED_BYTES'] >> 20} MiB of {limit >> 20} MiB" in log
+    print(f"nginx {env or 'defaults'}: {admitted['ADMITTED_LARGE']} large and {admitted['ADMITTED_SMALL']} small bodies "
+          f"admitted, {admitted['NEEDED_BYTES'] / MiB:.0f} MiB of its {limit / MiB:.0f} MiB limit")
+
+
+@pytest.mark.parametrize(
+    ("trusted", "expected"),
+    [("", []),
+     ("10.0.0.0/8 fd00::/8 192.168.1.7", ["10.0.0.0/8", "fd00::/8", "192.168.1.7"])],
+    ids=["off", "three"],
+)
+def test_the_client_address_comes_from_trusted_proxies_only(tmp_path, trusted, expected):
+    conf, _ = render(tmp_path, NGINX_TRUSTED_PROXIES=trusted)
+    assert directive(conf, "set_real_ip_from") == expected
+    assert directive(conf, "real_ip_header") == (["X-Forwarded-For"] if expected else [])
+
+
+def test_every_client_limit_keys_on_the_client_address(tmp_path):
+    conf, _ = render(tmp_path)
+    zones = {line.split()[1].split("=")[1].split(":")[0]: line.split()[0] for line in directive(conf, "limit_conn_zone")
+             + directive(conf, "limit_req_zone")}
+    assert zones["client_bodies"] == "$flip_client_body"
+    assert zones["bodyless"] == "$flip_client_bodyless" and zones["sample"] == "$flip_client_sample"
+    for variable in ("$flip_client_body", "$flip_client_bodyless", "$flip_client_sample"):
+        assert re.search(rf"map [^{{]*\{variable} \{{[^}}]*\$binary_remote_addr;", conf), variable
 
 
 def test_web_replicas_default_is_written_once_in_compose():
@@ -127,11 +164,10 @@ def test_every_status_nginx_can_answer_itself_is_json(tmp_path):
         ({"WEB_REPLICAS": "two"}, "WEB_REPLICAS must be a whole number"),
         ({"FLIP_QUEUE": "0"}, "FLIP_QUEUE must be at least 1"),
         ({"FLIP_UPSTREAM": ""}, "FLIP_UPSTREAM is not set"),
+        ({"FLIP_CLIENT_SHARE": "-1"}, "FLIP_CLIENT_SHARE must be a whole number"),
+        ({"NGINX_TRUSTED_PROXIES": "10.0.0.0/8; evil"}, "is not an address or network"),
     ],
 )
 def test_bad_settings_stop_nginx_with_the_variable_named(tmp_path, env, message):
-    environ = {"PATH": "/usr/bin:/bin", "FLIPFLEET_DEFAULTS": str(DEFAULTS_FILE), "NGINX_CONF": str(tmp_path / "x"),
-               "FLIP_UPSTREAM": "web:8000", "NGINX_RESOLVER": "127.0.0.11", "WEB_REPLICAS": "2", **env}
-    result = subprocess.run(["sh", str(ENTRYPOINT), "--render-only"], env=environ, capture_output=True, text=True,
-                            timeout=30)
+    result = entrypoint("--render-only", NGINX_CONF=str(tmp_path / "x"), **env)
     assert result.returncode != 0 and message in result.stderr

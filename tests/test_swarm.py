@@ -162,7 +162,7 @@ def test_a_rolling_update_under_load_fails_no_request(one_node, tmp_path):
     assert flips["failures"] == 0, finished[0].errors()
     after = one_node.tasks()
     assert not {t["task"] for t in after} & before and all(":rolled" in t["image"] for t in after)
-    versions = {requests.get(one_node.url + "/healthz", timeout=10).json()["version"] for _ in range(12)}
+    versions = {requests.get(one_node.url + "/", timeout=10).headers["X-Flipfleet-Version"] for _ in range(12)}
     assert versions == {"rolled"}
     print(f"swarm-rollout.sh: {len(after)} replicas replaced in {took:.1f} s under {USERS} users; "
           f"{flips['requests']} flips, 0 failed")

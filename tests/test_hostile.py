@@ -1,0 +1,137 @@
+"""Hostile traffic, end to end through nginx on a real Docker engine: one client against the others,
+cheap requests in a loop, and what a client may learn of the inside. Clients that must be told
+apart run as containers on the stack's network, each with an address of its own (through the
+published port every host client is the bridge's gateway)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from harness import wait_for
+from service.config import Settings
+
+pytestmark = pytest.mark.docker
+POLITE = {"connections": 1, "size": "1600x1200"}
+GREEDY = {"connections": 40, "size": "1600x1200"}
+
+
+@pytest.mark.slow
+def test_a_greedy_client_does_not_starve_a_polite_one(stack):
+    # A replica per core; 10 s healthchecks as shipped: a check costs CPU that this test measures.
+    flipfleet = stack(os.cpu_count() or 2, HEALTH_INTERVAL="10s")
+    share = Settings.from_env({}).client_share
+    (alone,) = flipfleet.flip_clients(POLITE, seconds=15)
+    polite, greedy = flipfleet.flip_clients(POLITE, GREEDY, seconds=15)
+    print(f"a polite client (1 connection) alone: {alone['flips']} flips of a 1600x1200 JPEG in 15 s; beside a "
+          f"greedy one (40 connections): {polite['flips']} ({polite['flips'] / alone['flips']:.0%}), statuses "
+          f"{polite['statuses']}; the greedy one: {greedy['statuses']}, e.g. {list(greedy['refusals'])[:1]}")
+    assert alone["statuses"] == {"200": alone["flips"]} and alone["flips"] > 0
+    assert polite["statuses"] == {"200": polite["flips"]}, polite["refusals"]  # never refused
+    assert polite["flips"] >= alone["flips"] / 2
+    assert greedy["statuses"]["200"] > polite["flips"]  # the rest of the fleet is the greedy client's
+    refused = {status: count for status, count in greedy["statuses"].items() if status != "200"}
+    assert set(refused) <= {"503", "429"} and refused, greedy["statuses"]
+    for refusal in greedy["refusals"]:
+        assert "(Retry-After: 1)" in refusal, refusal
+        body = json.loads(refusal.split(" ", 1)[1].rsplit(" (Retry-After", 1)[0])
+        assert f"its share of {share} at once" in body["error"] or "flips in this replica" in body["error"], body
+
+
+def rested(url: str) -> str:
+    """`url`, once this client's allowance of requests without a body has filled up again."""
+    time.sleep(BODYLESS_REFILL_SECONDS)
+    return url
+
+
+# nginx's bodyless zone: burst 40 at 20 a second.
+BODYLESS_REFILL_SECONDS = 2.5
+
+
+def test_a_loop_of_cheap_requests_is_held_to_a_rate_and_answered_at_once(running_stack):
+    url = rested(running_stack.url)
+    started = time.monotonic()
+    answers = [requests.get(url + "/", timeout=10) for _ in range(200)]
+    took = time.monotonic() - started
+    by_status = collections.Counter(answer.status_code for answer in answers)
+    print(f"200 GET / in a loop from one client, {took:.2f} s: {dict(by_status)}")
+    # The burst, then the rate: at most 40 + 20 a second got through.
+    assert set(by_status) == {200, 429} and 40 <= by_status[200] <= 40 + 20 * took + 1, by_status
+    refused = next(answer for answer in answers if answer.status_code == 429)
+    assert refused.json() == {"error": "too many requests from this client; retry after 1 s", "status": 429}
+    assert refused.headers["Retry-After"] == "1" and "X-Served-By" not in refused.headers
+
+
+def test_clients_learn_no_internal_address_and_no_replica_health(running_stack):
+    answer = requests.get(rested(running_stack.url) + "/", timeout=10)
+    assert answer.status_code == 200 and answer.text.startswith("flipfleet replica")  # which replica answered
+    assert "X-Upstream" not in answer.headers
+    health = requests.get(running_stack.url + "/healthz", timeout=10)
+    assert health.status_code == 404 and health.json() == {"error": "not found", "status": 404}
+    assert "X-Served-By" not in health.headers  # nginx answered; no replica was asked
+
+
+STALLED = 100  # small uploads (under 1 MB) from one client
+
+
+def test_one_client_stalled_uploads_hold_its_share_only_and_are_cut_after_the_timeout(stack):
+    flipfleet = stack(2)
+    share = Settings.from_env({}).client_share
+    stalled = []
+    for _ in range(STALLED):
+        sock = socket.create_connection(("127.0.0.1", flipfleet.port), timeout=5)
+        sock.sendall(b"POST /flip HTTP/1.1\r\nHost: flipfleet\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 500000\r\n\r\n" + b"\xff")
+        stalled.append(sock)
+    last_byte_at = time.monotonic()
+    closed_at: dict[int, float] = {}
+    others: list[dict] = []
+    try:
+        # Past its share a client is refused at once; what it holds is waiting for bodies, not replicas.
+        time.sleep(1)
+        states = [_state(sock) for sock in stalled]
+        held = [i for i, state in enumerate(states) if state == "open"]
+        assert len(held) == share, collections.Counter(state[:12] for state in states)
+        assert all(state.startswith("HTTP/1.1 503") for state in states if state != "open")
+        # Another client flips meanwhile, from an address of its own.
+        other = threading.Thread(target=lambda: others.extend(
+            flipfleet.flip_clients({"connections": 1, "size": "640x480"}, seconds=3, start_in=3)))
+        other.start()
+
+        # nginx's client_body_timeout (10 s) cuts a body that stops arriving, and not before.
+        def all_cut() -> bool:
+            for i in held:
+                if i not in closed_at and _state(stalled[i]) != "open":
+                    closed_at[i] = time.monotonic() - last_byte_at
+            return len(closed_at) == len(held)
+
+        assert wait_for(all_cut, timeout=30, interval=0.2)
+        other.join(timeout=120)
+    finally:
+        for sock in stalled:
+            sock.close()
+    (flips,) = others
+    assert flips["statuses"] == {"200": flips["flips"]} and flips["flips"] > 0, flips
+    assert 9 <= min(closed_at.values()) and max(closed_at.values()) <= 20, sorted(closed_at.values())
+    print(f"{STALLED} stalled uploads from one client: {share} held (its share), {STALLED - share} refused at once "
+          f"with the JSON 503; another client flipped {flips['flips']} times meanwhile, none refused; nginx cut "
+          f"the held ones {min(closed_at.values()):.1f}-{max(closed_at.values()):.1f} s after their last byte")
+
+
+def _state(sock: socket.socket) -> str:
+    """"open" (nothing to read yet), "closed" (by the peer), or the first bytes of an answer."""
+    sock.settimeout(0.001)
+    try:
+        data = sock.recv(4096)
+    except socket.timeout:
+        return "open"
+    except OSError:
+        return "closed"
+    return "closed" if data == b"" or data.startswith(b"HTTP/1.1 408") else data[:60].decode(errors="replace")
