@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -35,8 +36,57 @@ ORIENTATION_TRANSPOSE = {
 }
 ORIENTATION = ExifTags.Base.Orientation
 LOSSY_WEBP_QUALITY = 90
-# Pillow reports damaged data through any of these, depending on the plugin.
-PILLOW_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)
+# Pillow reports damaged data through any of these, depending on the plugin: struct.error for a
+# TIFF or EXIF directory cut short, RuntimeError for a TIFF libtiff cannot start decoding.
+PILLOW_DATA_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error, RuntimeError,
+)
+# What Pillow's writers raise for metadata they cannot write: struct.error (a value that does not
+# pack), RuntimeError (libtiff's "Error setting from dictionary", WebP's re-mux), ValueError and
+# TypeError (tags Pillow refuses), OverflowError, OSError (an encoder's own failure).
+PILLOW_WRITE_ERRORS = (OSError, ValueError, TypeError, RuntimeError, struct.error, OverflowError)
+
+# The source's metadata a flip writes back, each under the name Flipped.dropped gives it, with
+# the save parameter that carries it. When the writer refuses the picture with all of it, these
+# are left out one at a time in this order, and the first whose absence lets the picture be
+# written is the only one dropped; if no single one does, the first two, three... together. Only
+# the last try, with none of them, fails as before: then the fault is in our own parameters (a
+# bug, a ValueError or TypeError) or in the pixels (an encoder's OSError: a 400).
+SOURCE_METADATA = {
+    "exif": "exif",  # for a TIFF only its EXIF and GPS directories, the rest is "tiff_tags"
+    "tiff_tags": "tiff_tags",
+    "dpi": "dpi",
+    "tiff_compression": "compression",
+    "icc_profile": "icc_profile",
+    "transparency": "transparency",
+}
+# The tags of a TIFF's first directory (what Pillow's getexif() gives for a TIFF) that describe
+# how the source stored its pixels, not what the picture shows: the writer chooses its own.
+# Written back from the source they would override the writer's layout (the source's width over a
+# rotated picture's, 16 bits a sample over the 8 Pillow decoded to, a 2**32-entry ColorMap, a
+# YCbCr photometric over RGB data) and libtiff refuses many of them. Resolution and the ICC
+# profile are left out too: the dpi and icc_profile parameters carry them.
+TIFF_LAYOUT_TAGS = frozenset({
+    255,  # SubfileType (old)
+    256, 257,  # ImageWidth, ImageLength
+    258, 259,  # BitsPerSample, Compression
+    262, 263, 264, 265, 266,  # PhotometricInterpretation, Threshholding, CellWidth, CellLength, FillOrder
+    273, 277, 278, 279,  # StripOffsets, SamplesPerPixel, RowsPerStrip, StripByteCounts
+    280, 281,  # MinSampleValue, MaxSampleValue
+    282, 283, 296,  # XResolution, YResolution, ResolutionUnit: the dpi parameter
+    284, 288, 289,  # PlanarConfiguration, FreeOffsets, FreeByteCounts
+    290, 291, 292, 293,  # GrayResponseUnit, GrayResponseCurve, T4Options, T6Options
+    301, 317, 320, 321,  # TransferFunction, Predictor, ColorMap, HalftoneHints
+    322, 323, 324, 325,  # TileWidth, TileLength, TileOffsets, TileByteCounts
+    330, 332, 334, 336,  # SubIFDs, InkSet, NumberOfInks, DotRange
+    338, 339, 340, 341, 342,  # ExtraSamples, SampleFormat, SMinSampleValue, SMaxSampleValue, TransferRange
+    347, 400,  # JPEGTables, GlobalParametersIFD
+    *range(512, 522),  # old-style JPEG
+    529, 530, 531, 532,  # YCbCrCoefficients, YCbCrSubSampling, YCbCrPositioning, ReferenceBlackWhite
+    32997, 32998,  # ImageDepth, TileDepth
+    34675,  # InterColorProfile: the icc_profile parameter
+    37724,  # ImageSourceData: Photoshop's layers, the pixels before the flip
+})
 
 
 def keep_image_memory(blocks: int) -> None:
@@ -101,6 +151,8 @@ class Flipped:
     height: int
     frames: int
     spans: Spans = field(default_factory=Spans)
+    # The source's metadata left out because the writer refused it (SOURCE_METADATA's names).
+    dropped: tuple[str, ...] = ()
 
     @property
     def media_type(self) -> str:
@@ -129,13 +181,12 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS) -
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data)
         frames, durations = _flip_frames(im, upright, DIRECTIONS[direction], limits, fmt, spans)
-        out = io.BytesIO()
         with _pillow_writing(im), spans.timing("encode"):
-            _save(frames, durations, params, fmt, out)
+            written, dropped = _save(frames, durations, params, fmt)
     finally:
         im.close()
     first = frames[0]
-    return Flipped(out.getvalue(), fmt, first.width, first.height, len(frames), spans)
+    return Flipped(written, fmt, first.width, first.height, len(frames), spans, dropped)
 
 
 @contextlib.contextmanager
@@ -151,13 +202,22 @@ def _pillow_writing(im: Image.Image):
 
 @contextlib.contextmanager
 def _pillow_reading(im: Image.Image):
-    """Around Pillow's own calls only: their errors mean damaged data, not a bug of ours."""
+    """Around Pillow's own calls only: their errors mean damaged data, not a bug of ours.
+
+    A MemoryError here is damaged data too: the picture's header is within the pixel limit by
+    then (checked before any decoding), so what it legitimately needs is bounded (50 MP x 4 bytes
+    by default) and the replica is sized for it; Pillow raises MemoryError for sizes its overflow
+    guards refuse and for allocations sized from other damaged fields (a strip or tile claiming
+    gigabytes). Retrying such a picture never helps, so it is not the 503 of a replica short of
+    memory (which, in a container, the kernel's OOM killer ends instead)."""
     try:
         yield
     except Image.DecompressionBombError as exc:
         raise TooLarge(str(exc)) from exc
     except PILLOW_DATA_ERRORS as exc:
         raise NotAnImage(f"the {im.format} data is damaged or truncated: {exc}") from exc
+    except MemoryError as exc:
+        raise NotAnImage(f"the {im.format} data is damaged: it claims more memory than its size needs") from exc
 
 
 def identify(data: bytes) -> str | None:
@@ -234,14 +294,76 @@ def _pillow_frames(im: Image.Image, spans: Spans):
         yield frame
 
 
-def _exif_without_orientation(im: Image.Image) -> bytes | None:
+def _exif_params(im: Image.Image, fmt: str) -> dict:
+    """The source's EXIF to write back, without the orientation tag (the flip applies it).
+
+    For a TIFF, Pillow's getexif() is the file's first directory: its layout tags are left out
+    (TIFF_LAYOUT_TAGS), and what remains is kept in two parts that can be dropped apart, the
+    descriptive tags ("tiff_tags": software, artist, copyright, XMP...) and the EXIF and GPS
+    directories ("exif"), which Pillow's libtiff writer (any compressed TIFF) cannot write.
+    Either part is _UNWRITABLE when Pillow read it but cannot turn it into bytes again."""
     with _pillow_reading(im):
         exif = im.getexif()
-        if not exif:
-            return None
-        if ORIENTATION in exif:
-            del exif[ORIENTATION]
-        return exif.tobytes()
+    if not exif:
+        return {}
+    if ORIENTATION in exif:
+        del exif[ORIENTATION]
+    if fmt != "TIFF":
+        return {"exif": _exif_bytes(exif.tobytes)}
+    tags, directories, unreadable = {}, {}, False
+    for tag, value in exif.items():
+        if tag in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
+            try:
+                value = _sub_directory(exif, tag)
+            except _EXIF_WRITE_ERRORS:
+                unreadable = True
+                continue
+            if value:
+                directories[tag] = value
+        elif tag not in TIFF_LAYOUT_TAGS:
+            tags[tag] = value
+    params = {}
+    if tags:
+        params["tiff_tags"] = tags if _writable(tags) else _UNWRITABLE
+    if directories or unreadable:
+        params["exif"] = directories if _writable(directories) and not unreadable else _UNWRITABLE
+    return params
+
+
+def _sub_directory(exif: Image.Exif, tag: int) -> dict:
+    value = dict(exif.get_ifd(tag))
+    if tag == ExifTags.IFD.Exif and ExifTags.IFD.Interop in value:
+        value[ExifTags.IFD.Interop] = dict(exif.get_ifd(ExifTags.IFD.Interop))
+    return value
+
+
+# Pillow's errors on an EXIF that it read but cannot serialise: a value that does not pack, a
+# directory cut short that it reads only then.
+_EXIF_WRITE_ERRORS = (*PILLOW_WRITE_ERRORS, EOFError)
+# A params value: the source carries this metadata, but it cannot be written (_save drops it).
+_UNWRITABLE = object()
+
+
+def _exif_bytes(serialise):
+    try:
+        return serialise()
+    except _EXIF_WRITE_ERRORS:
+        return _UNWRITABLE
+
+
+def _writable(part: dict) -> bool:
+    return _exif_bytes(lambda: _tiff_exif(part)) is not _UNWRITABLE
+
+
+def _tiff_exif(*parts: dict) -> bytes:
+    """The tags and directories of `parts` as EXIF bytes for the TIFF writer, under a classic TIFF
+    header (Pillow's bytes for a BigTIFF's own directory have a BigTIFF header that its TIFF
+    writer cannot read back: struct.error)."""
+    exif = Image.Exif()
+    for part in parts:
+        for tag, value in part.items():
+            exif[tag] = value
+    return exif.tobytes()
 
 
 def _save_params(im, fmt, data) -> dict:
@@ -249,19 +371,74 @@ def _save_params(im, fmt, data) -> dict:
     for key in ("icc_profile", "dpi", "loop"):
         if im.info.get(key) is not None:
             params[key] = im.info[key]
-    exif = _exif_without_orientation(im)
-    if exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
-        params["exif"] = exif
+    if fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        params.update(_exif_params(im, fmt))
     params.update(_FORMAT_PARAMS[fmt](im, data))
     return params
 
 
-def _save(frames, durations, params, fmt, out) -> None:
+def _save(frames, durations, params, fmt) -> tuple[bytes, tuple[str, ...]]:
+    """The frames written in `fmt`, and the names of the source's metadata (SOURCE_METADATA)
+    left out for the writer to accept them, in SOURCE_METADATA's order.
+
+    Tries with all of it, then without each single item, then without the first two, three...
+    together; only the last try, with none of it, is let fail: what fails then is no fault of
+    the source's metadata."""
+    unwritable = [name for name, key in SOURCE_METADATA.items() if params.get(key) is _UNWRITABLE]
+    carried = [name for name, key in SOURCE_METADATA.items()
+               if params.get(key) is not None and name not in unwritable]
+    tries = []
+    if carried:
+        tries.append(())
+    if len(carried) > 1:
+        tries += [(name,) for name in carried]
+        tries += [tuple(carried[:count]) for count in range(2, len(carried))]
+    for left_out in tries:
+        dropped = _ordered(unwritable, left_out)
+        try:
+            return _write(frames, durations, params, dropped, fmt), dropped
+        except PILLOW_WRITE_ERRORS:
+            continue
+    dropped = _ordered(unwritable, carried)
+    return _write(frames, durations, params, dropped, fmt), dropped
+
+
+def _ordered(*groups) -> tuple[str, ...]:
+    names = {name for group in groups for name in group}
+    return tuple(name for name in SOURCE_METADATA if name in names)
+
+
+def _write(frames, durations, params, dropped, fmt) -> bytes:
+    """One try at writing the frames without the `dropped` metadata, into a new buffer (a
+    failed try leaves a partial file behind)."""
+    left_out = {SOURCE_METADATA[name] for name in dropped}
+    params = {key: value for key, value in params.items() if key not in left_out}
+    if fmt == "TIFF":
+        parts = [params.pop(key) for key in ("tiff_tags", "exif") if key in params]
+        if parts:
+            params["exif"] = _tiff_exif(*parts)
     if len(frames) > 1:
-        params = dict(params, save_all=True, append_images=frames[1:])
+        params.update(save_all=True, append_images=frames[1:])
         if all(d is not None for d in durations):
             params["duration"] = durations
+    for frame in frames:
+        # A failed multi-frame save leaves its parameters on the frames it appended, and the
+        # next try would take them up again.
+        frame.encoderinfo = {}
+        # A frame's info, copied from the source's by the transpose, is where writers look for
+        # what they are not passed (the TIFF writer for compression and icc_profile, the PNG
+        # writer for icc_profile and transparency): what is dropped goes from there too.
+        for key in left_out:
+            frame.info.pop(key, None)
+    if fmt == "TIFF":
+        # Each page keeps its own compression: the first page's, which `params` carries, is
+        # only a default for the others (a bilevel page's CCITT does not fit a greyscale one).
+        for frame in frames[1:]:
+            if frame.info.get("compression"):
+                frame.encoderinfo = {"compression": frame.info["compression"]}
+    out = io.BytesIO()
     frames[0].save(out, fmt, **params)
+    return out.getvalue()
 
 
 def _jpeg_params(im, data) -> dict:

@@ -1,11 +1,15 @@
 import io
+import random
+import struct
+import zlib
 from dataclasses import replace
 
 import pytest
-from PIL import Image, ImageCms, JpegImagePlugin
+from PIL import ExifTags, Image, ImageCms, JpegImagePlugin
 
 from service import imaging
 from tests.pictures import (
+    SIZE,
     animation,
     decode,
     encode,
@@ -220,3 +224,323 @@ def test_bad_parameters_of_ours_reach_the_encoder_as_a_bug_not_as_damaged_data(m
     monkeypatch.setitem(imaging._FORMAT_PARAMS, "JPEG", lambda im, data: {"qtables": "not tables"})
     with pytest.raises((ValueError, TypeError)):
         imaging.flip(encode(photo((64, 48)), "JPEG"))
+
+
+# --- Metadata the writer refuses, and damaged TIFFs (the issue's BigTIFF, Adobe deflate, 16-bit
+# RGBa, no RowsPerStrip; tests/test_pillow_corpus.py runs the real files). Every picture Pillow
+# reads comes back flipped, without only the metadata that cannot be written (Flipped.dropped).
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+EXIF_DIRECTORY = {0x9003: "2013:07:01 13:44:41", 0x829A: 0.01, 0xA002: 48}  # DateTimeOriginal...
+
+
+def _handmade_tiff(size, bits, photometric, pixels, *, extra=None, deflate=False, planes=False, tags=None):
+    """A classic TIFF written with Pillow's own directory writer, for layouts that Pillow reads
+    but does not write itself (16 bits a sample, Adobe deflate with an EXIF directory, as
+    Photoshop and Pixelmator write them; separate planes): one strip, or one per plane."""
+    from PIL import TiffImagePlugin
+
+    if planes:  # `pixels` interleaved, 8 bits a sample: one strip of each sample instead
+        strips = [pixels[index :: len(bits)] for index in range(len(bits))]
+    else:
+        strips = [pixels]
+    strips = [zlib.compress(strip) if deflate else strip for strip in strips]
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
+    ifd[256], ifd[257] = size
+    ifd[258], ifd[259], ifd[262], ifd[277] = bits, 8 if deflate else 1, photometric, len(bits)
+    ifd[278], ifd[284] = size[1], 2 if planes else 1
+    if extra is not None:
+        ifd[338] = extra  # ExtraSamples: 1 is associated alpha, what Pillow reads as "RGBa"
+    for tag, value in (tags or {}).items():
+        ifd[tag] = value
+    # StripOffsets from the end of the directory: the writer moves them past it, to the data.
+    ifd[273] = tuple(sum(len(strip) for strip in strips[:index]) for index in range(len(strips)))
+    ifd[279] = tuple(len(strip) for strip in strips)
+    out = io.BytesIO()
+    out.write(b"II*\x00" + struct.pack("<I", 8))
+    out.seek(ifd.save(out))
+    out.write(b"".join(strips))
+    return out.getvalue()
+
+
+def _tiff_entries(data):
+    """(directory offset, entry offset, tag, type) of every entry of a classic little-endian TIFF."""
+    (ifd,) = struct.unpack("<I", data[4:8])
+    while ifd:
+        (count,) = struct.unpack("<H", data[ifd : ifd + 2])
+        for index in range(count):
+            at = ifd + 2 + 12 * index
+            yield ifd, at, *struct.unpack("<HH", data[at : at + 4])
+        (ifd,) = struct.unpack("<I", data[ifd + 2 + 12 * count : ifd + 6 + 12 * count])
+
+
+def _without_tiff_tag(data, drop):
+    """`data` with tag `drop` taken out of every directory (entries shifted up, count less one)."""
+    out = bytearray(data)
+    for ifd in sorted({ifd for ifd, _, tag, _ in _tiff_entries(data) if tag == drop}):
+        (count,) = struct.unpack("<H", out[ifd : ifd + 2])
+        entries = [out[ifd + 2 + 12 * i : ifd + 14 + 12 * i] for i in range(count)]
+        kept = [entry for entry in entries if struct.unpack("<H", entry[:2])[0] != drop]
+        tail = out[ifd + 2 + 12 * count : ifd + 6 + 12 * count]  # the next directory's offset
+        out[ifd : ifd + 6 + 12 * count] = (
+            struct.pack("<H", len(kept)) + b"".join(kept) + tail + bytes(12 * (count - len(kept)))
+        )
+    assert drop not in {tag for *_, tag, _ in _tiff_entries(bytes(out))}
+    return bytes(out)
+
+
+def _flips_exactly(source):
+    """The flip of `source`, checked pixel by pixel against Pillow's transpose of its decoding."""
+    result = imaging.flip(source)
+    original, flipped = Image.open(io.BytesIO(source)), Image.open(io.BytesIO(result.data))
+    for index in range(result.frames):
+        original.seek(index)
+        flipped.seek(index)
+        assert flipped.mode == original.mode
+        assert flipped.tobytes() == original.transpose(DOWN).tobytes()
+    return result, decode(result.data)
+
+
+def _tags(**named):
+    exif = Image.Exif()
+    for name, value in named.items():
+        exif[getattr(ExifTags.Base, name)] = value
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("directory", [False, True])
+def test_bigtiff_flips_and_keeps_its_tags(directory):
+    # Pillow's bytes for a BigTIFF's own tags have a BigTIFF header its TIFF writer cannot read
+    # back: struct.error, a 500, for every BigTIFF. (Pillow writes BigTIFF uncompressed only.)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Software], exif[ExifTags.Base.Artist] = "flipfleet", "A"
+    if directory:
+        exif[ExifTags.IFD.Exif] = EXIF_DIRECTORY
+    source = encode(picture("RGB"), "TIFF", big_tiff=True, exif=exif.tobytes(), dpi=(300, 300))
+    assert source[2] == 0x2B  # a BigTIFF
+
+    result, flipped = _flips_exactly(source)
+
+    assert result.dropped == ()
+    assert (flipped.getexif()[ExifTags.Base.Software], flipped.getexif()[ExifTags.Base.Artist]) == ("flipfleet", "A")
+    assert flipped.info["dpi"] == (300, 300)
+    if directory:
+        assert flipped.getexif().get_ifd(ExifTags.IFD.Exif)[0x9003] == EXIF_DIRECTORY[0x9003]
+
+
+def test_adobe_deflate_tiff_drops_only_its_exif_directory():
+    # As Photoshop writes it: Pillow's libtiff writer (every compressed TIFF) cannot write an
+    # EXIF directory ("Error setting from dictionary", a 500); the rest is kept.
+    tags = {ExifTags.Base.Software: "Adobe Photoshop CS Windows", ExifTags.Base.Artist: "A",
+            ExifTags.Base.InterColorProfile: SRGB, ExifTags.IFD.Exif: EXIF_DIRECTORY,
+            ExifTags.Base.XResolution: 300.0, ExifTags.Base.YResolution: 300.0, ExifTags.Base.ResolutionUnit: 2}
+    source = _handmade_tiff(SIZE, (8, 8, 8), 2, picture("RGB").tobytes(), deflate=True, tags=tags)
+
+    result, flipped = _flips_exactly(source)
+
+    assert result.dropped == ("exif",)
+    assert flipped.info["compression"] == "tiff_adobe_deflate"
+    assert flipped.info["icc_profile"] == SRGB
+    assert flipped.info["dpi"] == (300.0, 300.0)
+    assert flipped.getexif()[ExifTags.Base.Software] == "Adobe Photoshop CS Windows"
+    assert flipped.getexif()[ExifTags.Base.Artist] == "A"
+    assert not flipped.getexif().get_ifd(ExifTags.IFD.Exif)
+
+
+def test_uncompressed_tiff_keeps_its_exif_directory():
+    # Pillow's own writer (no compression) writes the EXIF directory: nothing is dropped.
+    tags = {ExifTags.Base.Software: "flipfleet", ExifTags.IFD.Exif: EXIF_DIRECTORY}
+    source = _handmade_tiff(SIZE, (8, 8, 8), 2, picture("RGB").tobytes(), tags=tags)
+
+    result, flipped = _flips_exactly(source)
+
+    assert result.dropped == ()
+    kept = flipped.getexif().get_ifd(ExifTags.IFD.Exif)
+    assert (kept[0x9003], kept[0xA002]) == (EXIF_DIRECTORY[0x9003], EXIF_DIRECTORY[0xA002])
+
+
+@pytest.mark.parametrize(("deflate", "directory", "dropped"), [
+    (False, False, ()), (True, False, ()), (True, True, ("exif",)),
+])
+def test_16_bit_rgba_tiff_flips_as_pillow_reads_it(deflate, directory, dropped):
+    # 16 bits a sample, associated alpha ("RGBa;16"): Pillow reads it as 8-bit RGBA. Its own
+    # BitsPerSample, ExtraSamples... are not written back over the RGBA that is written.
+    tags = {ExifTags.Base.Software: "Pixelmator 3.6", ExifTags.Base.InterColorProfile: SRGB}
+    if directory:
+        tags[ExifTags.IFD.Exif] = EXIF_DIRECTORY
+    pixels = random.Random(5).randbytes(SIZE[0] * SIZE[1] * 8)
+    source = _handmade_tiff(SIZE, (16, 16, 16, 16), 2, pixels, extra=(1,), deflate=deflate, tags=tags)
+    assert decode(source).mode == "RGBA"
+
+    result, flipped = _flips_exactly(source)
+
+    assert result.dropped == dropped
+    assert flipped.tag_v2[258] == (8, 8, 8, 8) and flipped.tag_v2[338] == (2,)  # the writer's own
+    assert flipped.info["icc_profile"] == SRGB
+    assert flipped.getexif()[ExifTags.Base.Software] == "Pixelmator 3.6"
+
+
+@pytest.mark.parametrize("second", ["F", "I;16", "L"])
+def test_tiff_pages_of_other_modes_without_rows_per_strip(second):
+    # The first page's ColorMap was written back into every page: "Requiring 12884901888 items
+    # for Colormap" (a ValueError, a 500) for a float page after a palette one.
+    pages = [picture("P"), picture(second) if second != "F" else Image.new("F", SIZE, 0.5)]
+    source = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:],
+                    exif=_tags(Software="flipfleet"), compression="tiff_adobe_deflate")
+    source = _without_tiff_tag(source, 278)  # RowsPerStrip
+
+    result, flipped = _flips_exactly(source)
+
+    assert (result.frames, result.dropped) == (2, ())
+    assert flipped.getexif()[ExifTags.Base.Software] == "flipfleet"
+
+
+def test_tiff_pages_keep_their_own_compression():
+    # The first page's compression was the default of every page: CCITT Group 4 for a
+    # greyscale page ("Bits/sample must be 1"), the TIFF refused as damaged, a 400.
+    bilevel, grey = picture("1"), picture("L")
+    grey.encoderinfo = {"compression": "tiff_lzw"}  # what Pillow writes this page with
+    source = encode(bilevel, "TIFF", save_all=True, append_images=[grey], compression="group4")
+
+    result, flipped = _flips_exactly(source)
+
+    assert result.dropped == ()
+    assert flipped.info["compression"] == "group4"
+    flipped.seek(1)
+    assert flipped.info["compression"] == "tiff_lzw"
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+def test_source_layout_tags_are_not_written_back(deflate):
+    # Separate colour planes, decoded to interleaved RGB: the source's PlanarConfiguration (and
+    # BitsPerSample, ColorMap, Photometric...) written over the writer's own described planes
+    # that the RGB written is not: a 200 with a TIFF that does not decode.
+    source = _handmade_tiff(SIZE, (8, 8, 8), 2, picture("RGB").tobytes(), planes=True, deflate=deflate,
+                            tags={ExifTags.Base.Software: "flipfleet"})
+    assert Image.open(io.BytesIO(source)).tag_v2[284] == 2
+
+    result, flipped = _flips_exactly(source)
+
+    assert result.dropped == ()
+    assert flipped.tag_v2[284] == 1
+    assert flipped.getexif()[ExifTags.Base.Software] == "flipfleet"
+
+
+def test_exif_that_cannot_be_written_again_is_dropped():
+    # An XResolution stored as text: Pillow reads it, but cannot write it again (TypeError: bad
+    # operand type for abs()). The picture is fine: flipped without its EXIF, not a 400.
+    from PIL import TiffImagePlugin, TiffTags
+
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
+    ifd[ExifTags.Base.Make] = "flipfleet camera"
+    ifd[ExifTags.Base.XResolution] = "72"
+    ifd.tagtype[ExifTags.Base.XResolution] = TiffTags.ASCII
+    source = encode(photo((64, 48)), "JPEG", exif=b"Exif\0\0II*\0\x08\0\0\0" + ifd.tobytes(8), icc_profile=SRGB)
+
+    result = imaging.flip(source)
+
+    assert result.dropped == ("exif",)
+    assert decode(result.data).info["icc_profile"] == SRGB
+    assert psnr(decode(result.data), decode(source).transpose(DOWN)) > 40
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_ordinary_metadata_is_all_kept(fmt):
+    # Dropping is for metadata the writer refuses; a bug that made ordinary metadata fail would
+    # hide behind it, so: nothing is dropped from ordinary pictures.
+    source = encode(photo((64, 48)), fmt, exif=_tags(Make="flipfleet camera", Software="flipfleet"),
+                    icc_profile=SRGB, dpi=(300, 300))
+    result = imaging.flip(source)
+    assert result.dropped == ()
+    assert decode(result.data).getexif()[ExifTags.Base.Make] == "flipfleet camera"
+
+
+def _png_writer_refusing(monkeypatch, refused):
+    """Pillow's PNG writer, refusing (with struct.error, as the TIFF writer does) any picture
+    whose parameters carry one of `refused`."""
+    from PIL import PngImagePlugin
+
+    def save(im, fp, filename):
+        if any(im.encoderinfo.get(key) is not None for key in refused):
+            raise struct.error("required argument is not an integer")
+        return PngImagePlugin._save(im, fp, filename)
+
+    monkeypatch.setitem(Image.SAVE, "PNG", save)
+
+
+def _png_with_metadata():
+    return encode(picture("P"), "PNG", exif=_tags(Software="flipfleet"), icc_profile=SRGB, dpi=(300, 300),
+                  transparency=3)
+
+
+def test_only_the_metadata_the_writer_refuses_is_dropped(monkeypatch):
+    source = _png_with_metadata()
+    _png_writer_refusing(monkeypatch, {"icc_profile"})
+    result, flipped = _flips_exactly(source)
+    assert result.dropped == ("icc_profile",)
+    assert "icc_profile" not in flipped.info  # not even from the frame's own info, where PNG looks
+    assert flipped.getexif()[ExifTags.Base.Software] == "flipfleet"
+    assert flipped.info["transparency"] == 3 and flipped.info["dpi"] == pytest.approx((300, 300), abs=0.1)
+
+
+def test_two_refused_items_are_dropped_in_the_documented_order(monkeypatch):
+    source = _png_with_metadata()
+    _png_writer_refusing(monkeypatch, {"exif", "dpi"})
+    result, flipped = _flips_exactly(source)
+    assert result.dropped == ("exif", "dpi")
+    assert list(imaging.SOURCE_METADATA)[:3] == ["exif", "tiff_tags", "dpi"]
+    assert flipped.info["icc_profile"] == SRGB and flipped.info["transparency"] == 3
+
+
+def test_a_writer_failure_without_any_metadata_is_still_a_bug(monkeypatch):
+    # Our parameters made wrong, on a picture with metadata: dropping it all does not help, so
+    # the encoder's ValueError or TypeError goes on to the 500, as before.
+    monkeypatch.setitem(imaging._FORMAT_PARAMS, "JPEG", lambda im, data: {"qtables": "not tables"})
+    source = encode(photo((64, 48)), "JPEG", exif=_tags(Software="flipfleet"), icc_profile=SRGB, dpi=(72, 72))
+    with pytest.raises((ValueError, TypeError)):
+        imaging.flip(source)
+
+
+def test_an_encoder_failure_without_any_metadata_is_still_damaged_data(monkeypatch):
+    source = _png_with_metadata()
+    tries = []
+
+    def failing(im, fp, filename):
+        tries.append(sorted(key for key in im.encoderinfo if key in imaging.SOURCE_METADATA.values()))
+        raise OSError("encoder error -2 when writing image file")
+
+    monkeypatch.setitem(Image.SAVE, "PNG", failing)
+    with pytest.raises(imaging.NotAnImage, match="cannot be written back"):
+        imaging.flip(source)
+    assert tries[0] == ["dpi", "exif", "icc_profile", "transparency"] and tries[-1] == []
+
+
+def test_damaged_tiff_with_unwritable_tags_is_not_an_image():
+    # As Tests/images/tiff_tiled_jpeg_oob_read.tif: a PlanarConfiguration stored as a BYTE (which
+    # did not pack again: struct.error, a 500) and strips beyond the end of the file.
+    source = bytearray(_handmade_tiff(SIZE, (8, 8, 8), 2, picture("RGB").tobytes(), deflate=True,
+                                      tags={ExifTags.Base.Software: "flipfleet"}))
+    for _, at, tag, _ in list(_tiff_entries(bytes(source))):
+        if tag == 284:  # PlanarConfiguration
+            source[at + 2 : at + 4] = struct.pack("<H", 1)  # BYTE
+        if tag == 273:  # StripOffsets
+            source[at + 8 : at + 12] = struct.pack("<I", len(source) + 1000)
+    with pytest.raises(imaging.NotAnImage, match="damaged"):
+        imaging.flip(bytes(source))
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("tiff codec initialization failed"), struct.error("unpack requires a buffer of 8 bytes"),
+    ValueError("tile cannot extend outside image"), MemoryError(),
+])
+def test_errors_while_decoding_are_damaged_data(monkeypatch, error):
+    # Within the pixel limit (checked from the header first) a MemoryError is a damaged field
+    # claiming gigabytes, not a replica short of memory: a retry elsewhere would fail the same.
+    from PIL import TiffImagePlugin
+
+    def load(self):
+        raise error
+
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "load", load)
+    with pytest.raises(imaging.NotAnImage, match="damaged"):
+        imaging.flip(encode(picture("RGB"), "TIFF"))
