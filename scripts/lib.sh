@@ -49,7 +49,8 @@ wait_until() {
 swarm_ensure() {
   [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ] && return
   log "no swarm here: initialising one (this engine as its only manager)"
-  docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+  # Its control and gossip ports on loopback only: no other machine joins this swarm.
+  docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 >/dev/null
   # Remembered on the node, so that swarm-down.sh leaves only a swarm that swarm-up.sh made.
   docker node update --label-add flipfleet.made-by=swarm-up "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
 }

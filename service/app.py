@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service import imaging
 from service.config import Settings
-from service.gate import Busy, ClientGone, FlipGate, OverShare
+from service.gate import Busy, ClientGone, FlipGate, OverShare, Turn
 from service.metrics import Metrics, MetricsMiddleware
 from service.sample import load_sample
 
@@ -24,9 +25,10 @@ error_log = logging.getLogger("flipfleet.error")
 
 ACCEPTED_TYPES = ("image/*", "application/octet-stream", "multipart/form-data")
 FORM_FIELDS = ("image", "file")  # `file` is what imaginary's clients send
-ERROR_STATUS = {imaging.NotAnImage: 400, imaging.TooLarge: 413, imaging.UnsupportedFormat: 415}
+ERROR_STATUS = {imaging.NotAnImage: 400, imaging.TooLarge: 413, imaging.UnsupportedFormat: 415,
+                imaging.TooCostly: 422}
 REFUSAL_REASON = {imaging.NotAnImage: "not_a_picture", imaging.TooLarge: "picture_too_large",
-                  imaging.UnsupportedFormat: "unsupported_format"}
+                  imaging.UnsupportedFormat: "unsupported_format", imaging.TooCostly: "picture_too_costly"}
 # A flip refused by HTTP's own rules: what the metrics call it.
 HTTP_REFUSAL_REASON = {400: "bad_request", 413: "body_too_large", 415: "unsupported_media_type"}
 # A client's request id is echoed into logs and headers, so only a safe, short one is kept.
@@ -90,14 +92,25 @@ def flip() -> Response:
         read_started = time.perf_counter()
         data = _uploaded_picture()
         read = time.perf_counter() - read_started
-        result = _record_flip(_flip(gate, turn, data, direction), data, turn.waited, read)
+        result = _record_flip(_flip(gate, turn, data, direction, client_gone), data, turn.waited, read)
     return _flip_response(result)
 
 
+# The answer goes to waitress this much at a time: waitress blocks the thread while more than its
+# outbuf_high_watermark waits to be sent, instead of copying a whole large answer into its buffer.
+ANSWER_CHUNK = 1024 * 1024
+
+
 def _flip_response(result: imaging.Flipped) -> Response:
-    response = Response(result.data, mimetype=result.media_type)
+    view = memoryview(result.data)
+    chunks = (view[start : start + ANSWER_CHUNK] for start in range(0, len(view), ANSWER_CHUNK))
+    response = Response(chunks, mimetype=result.media_type, direct_passthrough=True)
+    response.content_length = len(view)
     response.headers["X-Image-Size"] = f"{result.width}x{result.height}"
     response.headers["X-Image-Frames"] = str(result.frames)
+    if result.dropped:
+        # The source's metadata the format's writer refused: the picture is flipped without it.
+        response.headers["X-Flipfleet-Dropped"] = ", ".join(result.dropped)
     request.environ["flipfleet.view_done"] = time.perf_counter()
     return response
 
@@ -117,7 +130,7 @@ def _flipped_sample(direction: str) -> imaging.Flipped:
         with gate.admit(_client()) as turn, current_app.extensions["flipped_sample_lock"]:
             if direction not in cache:
                 sample = load_sample(_settings().sample_path or None)
-                flipped = gate.run(turn, imaging.flip, sample, direction, _settings().limits)
+                flipped = _run_flip(gate, turn, sample, direction, ours=True)
                 cache[direction] = _record_flip(flipped, sample, turn.waited, read=0.0)
     return cache[direction]
 
@@ -137,14 +150,32 @@ def metrics_page() -> Response:
     return Response(body, content_type=content_type)
 
 
-def _flip(gate: FlipGate, turn, data: bytes, direction: str) -> imaging.Flipped:
+def _flip(gate: FlipGate, turn: Turn, data: bytes, direction: str, client_gone) -> imaging.Flipped:
     try:
-        return gate.run(turn, imaging.flip, data, direction, _settings().limits)
+        return _run_flip(gate, turn, data, direction, client_gone)
     except imaging.NotAnImage:
         declared = request.mimetype
         if declared.startswith("image/") and declared not in _readable_media_types():
             abort(415, f"{declared} is not supported; send one of {', '.join(imaging.MEDIA_TYPES)}")
         raise
+
+
+def _run_flip(gate: FlipGate, turn: Turn, data: bytes, direction: str, client_gone=lambda: False,
+              ours: bool = False) -> imaging.Flipped:
+    """The flip, in the turn's lane. The express lane takes pictures up to its own, smaller limits
+    (what the replica's memory holds beside a flip at the full ones); a larger one waits for a
+    turn in the queue instead. `ours`: the bundled sample, whose answer is not held to the
+    answer limit that bodies are."""
+    limits, express_limits = _settings().limits, _settings().express_limits
+    if ours:
+        limits = dataclasses.replace(limits, max_answer_bytes=imaging.NO_LIMITS.max_answer_bytes)
+    if not turn.express:
+        return gate.run(turn, imaging.flip, data, direction, limits)
+    try:
+        return gate.run(turn, imaging.flip, data, direction, express_limits)
+    except imaging.TooLarge:
+        gate.to_queue(turn, client_gone)
+        return gate.run(turn, imaging.flip, data, direction, limits)
 
 
 def _uploaded_picture() -> bytes:
@@ -213,7 +244,7 @@ def _finish(response: Response) -> Response:
         request.method,
         request.path,
         response.status_code,
-        response.calculate_content_length() or 0,
+        response.content_length or response.calculate_content_length() or 0,
         elapsed_ms,
     )
     return response

@@ -11,6 +11,12 @@ from service.imaging import Limits
 DEFAULTS_FILE = Path(__file__).with_name("defaults.env")
 # Threads beyond the flip queue, so that /healthz, /metrics and GET / never wait behind flips.
 LIGHT_THREADS = 4
+# The largest answer, as a multiple of the largest body: more room than any flip of a picture
+# within FLIP_MAX_BYTES needs, unless its source compressed far better than its format's writer.
+ANSWER_FACTOR = 2
+# A client's only flip may run beside the queue's (service/gate.py) when it holds at most this
+# fraction of the pixel limits: the replica's memory holds that beside a flip at the full limits.
+EXPRESS_FRACTION = 4
 
 
 class ConfigError(ValueError):
@@ -38,6 +44,8 @@ class Settings:
     max_pixels: int = dataclasses.field(metadata={"env": "FLIP_MAX_PIXELS"})
     max_frames: int = dataclasses.field(metadata={"env": "FLIP_MAX_FRAMES"})
     max_total_pixels: int = dataclasses.field(metadata={"env": "FLIP_MAX_TOTAL_PIXELS"})
+    max_scans: int = dataclasses.field(metadata={"env": "FLIP_MAX_SCANS"})
+    max_seconds: int = dataclasses.field(metadata={"env": "FLIP_MAX_SECONDS"})
     drain_seconds: int = dataclasses.field(metadata={"env": "FLIP_DRAIN_SECONDS", "minimum": 0})
     pillow_blocks: int = dataclasses.field(metadata={"env": "FLIP_PILLOW_BLOCKS", "minimum": 0})
     # Where and as what this process runs: the image sets them, so their defaults live here.
@@ -91,7 +99,15 @@ class Settings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_pixels=self.max_pixels, max_frames=self.max_frames, max_total_pixels=self.max_total_pixels)
+        return Limits(max_pixels=self.max_pixels, max_frames=self.max_frames, max_total_pixels=self.max_total_pixels,
+                      max_scans=self.max_scans, max_seconds=self.max_seconds,
+                      max_answer_bytes=ANSWER_FACTOR * self.max_bytes)
+
+    @property
+    def express_limits(self) -> Limits:
+        """The limits of a flip in the express lane (service/gate.py): a fraction of the pixels."""
+        return dataclasses.replace(self.limits, max_pixels=self.max_pixels // EXPRESS_FRACTION,
+                                   max_total_pixels=self.max_total_pixels // EXPRESS_FRACTION)
 
     @property
     def threads(self) -> int:

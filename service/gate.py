@@ -32,12 +32,6 @@ class ClientGone(Exception):
     """The client went away while its flip waited: there is no one to answer."""
 
 
-@dataclass(frozen=True)
-class Turn:
-    waited: float  # seconds the flip waited for its turn
-    express: bool  # the client's only flip here, run beside the queue's
-
-
 @dataclass
 class _Client:
     held: int = 0
@@ -46,16 +40,28 @@ class _Client:
     last_started: int = 0
 
 
+@dataclass
+class Turn:
+    """One admitted flip's place: how long it waited, and whether it runs in the express lane."""
+
+    waited: float = 0.0
+    express: bool = False
+    _entry: _Client | None = None
+    _holds_place: bool = True  # a running place, in the queue or the lane, to give back at the end
+
+
 class FlipGate:
     """At most `concurrency` flips at once, at most `queue` held (running or waiting), at most
     `client_share` of them from one client; past either bound a flip is refused at once rather
     than queued, so that nginx can try another replica.
 
     Waiting flips are fair between clients: the next to run is the oldest flip of the client
-    whose last flip started longest ago (a client new here first), so a client with one flip in
-    flight waits behind at most the one running, however many another client has queued. One
-    client's flips run in the order they came, and a flip whose client has gone while it waited
-    gives its place up.
+    whose last flip started longest ago (a client new here first). A client's only flip here
+    does not wait at all while the express lane (`concurrency` more) is free: it runs beside the
+    queue's, which run at a lower priority. So a client with one flip in flight gets its answer
+    about as soon as if it were alone, however many another client has queued. One client's
+    flips run in the order they came, and a flip whose client has gone while it waited gives its
+    place up.
     """
 
     # How often a waiting flip looks whether its client is still there.
@@ -99,30 +105,28 @@ class FlipGate:
                 raise OverShare
             self.held += 1
             entry.held += 1
-            turn = None
-            express = False
+            turn = Turn(_entry=entry)
             if self._running < self.concurrency and not self._any_waiting():
                 self._running += 1
                 entry.last_started = next(self._starts)
+                waiting = None
             elif entry.held == 1 and self._express < self.concurrency:
-                # A client's only flip here runs beside the others rather than behind them.
                 self._express += 1
-                express = True
+                turn.express = True
                 entry.last_started = next(self._starts)
+                waiting = None
             else:
-                turn = (next(self._arrivals), threading.Event())
-                entry.waiting.append(turn)
+                waiting = self._enqueue(entry)
         try:
-            while turn is not None and not turn[1].wait(self.CHECK_SECONDS):
-                if client_gone():
-                    with self._lock:
-                        if turn in entry.waiting:  # else it was handed its turn just now
-                            entry.waiting.remove(turn)
-                            raise ClientGone
+            if waiting is not None:
+                self._wait(entry, waiting, client_gone)
+            turn.waited = time.perf_counter() - started
             try:
-                yield Turn(time.perf_counter() - started, express)
+                yield turn
             finally:
-                if express:
+                if not turn._holds_place:
+                    pass
+                elif turn.express:
                     with self._lock:
                         self._express -= 1
                 else:
@@ -133,6 +137,37 @@ class FlipGate:
                 entry.held -= 1
                 if not entry.held:
                     del self._clients[client]
+
+    def to_queue(self, turn: Turn, client_gone=lambda: False) -> None:
+        """Move an express flip to the queue (it turned out too large for the lane): it gives
+        the lane up and waits for a turn like the others."""
+        assert turn.express
+        with self._lock:
+            self._express -= 1
+            turn.express = False
+            if self._running < self.concurrency and not self._any_waiting():
+                self._running += 1
+                turn._entry.last_started = next(self._starts)
+                return
+            waiting = self._enqueue(turn._entry)
+        try:
+            self._wait(turn._entry, waiting, client_gone)
+        except ClientGone:
+            turn._holds_place = False
+            raise
+
+    def _enqueue(self, entry: _Client) -> tuple[int, threading.Event]:
+        waiting = (next(self._arrivals), threading.Event())
+        entry.waiting.append(waiting)
+        return waiting
+
+    def _wait(self, entry: _Client, waiting: tuple[int, threading.Event], client_gone) -> None:
+        while not waiting[1].wait(self.CHECK_SECONDS):
+            if client_gone():
+                with self._lock:
+                    if waiting in entry.waiting:  # else it was handed its turn just now
+                        entry.waiting.remove(waiting)
+                        raise ClientGone
 
     def _any_waiting(self) -> bool:
         return any(entry.waiting for entry in self._clients.values())

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from PIL import ExifTags, Image, ImageSequence, JpegImagePlugin, UnidentifiedImageError
 
+from service import jpeg
+
 # Pillow format name -> media type; the only formats read and written.
 MEDIA_TYPES = {
     "JPEG": "image/jpeg",
@@ -36,6 +38,7 @@ ORIENTATION_TRANSPOSE = {
 }
 ORIENTATION = ExifTags.Base.Orientation
 LOSSY_WEBP_QUALITY = 90
+JPEG_DECODER_BLOCK = 16 * 1024
 # Pillow reports damaged data through any of these, depending on the plugin: struct.error for a
 # TIFF or EXIF directory cut short, RuntimeError for a TIFF libtiff cannot start decoding.
 PILLOW_DATA_ERRORS = (
@@ -116,6 +119,12 @@ class TooLarge(ImageError):
     """More pixels or frames than the limits allow."""
 
 
+class TooCostly(ImageError):
+    """A picture that would take more than the limits allow: more progressive scans than
+    FLIP_MAX_SCANS, longer than FLIP_MAX_SECONDS to flip, or a flipped picture larger than the
+    answer limit. Sending it again would not help."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one picture may hold; the service builds them from its settings (service.config)."""
@@ -125,6 +134,14 @@ class Limits:
     # All frames of an animation together, kept flipped until they are written (~4 bytes a
     # pixel): bounds the memory one request can take.
     max_total_pixels: int
+    # A JPEG's scans: the decoder walks every block of the picture once for each.
+    max_scans: int = 2**63
+    # The most a flip may take, checked as the picture's data is read and written and between
+    # frames (so overrun by one decoder or encoder step at most).
+    max_seconds: float = float("inf")
+    # The largest answer: a picture whose flip would be larger (a compressed source written
+    # back uncompressed) is refused rather than held in memory.
+    max_answer_bytes: int = 2**63
 
 
 # Only Pillow's own decompression-bomb guard: for callers that set no limits of their own.
@@ -162,31 +179,104 @@ class Flipped:
 def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS) -> Flipped:
     """Flip the picture in `data` and encode it again in its own format.
 
-    The EXIF orientation is applied first, so the result is the flip of what a viewer shows,
-    and no orientation tag is written back.
+    The EXIF orientation is applied with the flip, as the one transpose that does both, so the
+    result is the flip of what a viewer shows, and no orientation tag is written back. At most two
+    whole copies of a frame's pixels exist at once: the decoded one and the transposed one, and
+    the decoded one is freed before the encoder starts.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, not {direction!r}")
     if not data:
         raise NotAnImage("the body is empty: send a picture")
+    deadline = _Deadline(limits.max_seconds)
     spans = Spans()
     with spans.timing("decode"):
-        im = _open(data, limits)
+        im = _open(data, limits, deadline)
     # MPO (a phone's JPEG with a preview frame appended) is written back as its main JPEG.
     fmt = "JPEG" if im.format == "MPO" else im.format
     try:
         with _pillow_reading(im), spans.timing("decode"):
             orientation = im.getexif().get(ORIENTATION, 1)
-        upright = ORIENTATION_TRANSPOSE.get(orientation)
+        operation = compose(ORIENTATION_TRANSPOSE.get(orientation), DIRECTIONS[direction])
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data)
-        frames, durations = _flip_frames(im, upright, DIRECTIONS[direction], limits, fmt, spans)
+        frames, durations = _flip_frames(im, operation, limits, fmt, spans, deadline)
+        im.close()  # the decoded pixels: the encoder needs only the flipped ones
         with _pillow_writing(im), spans.timing("encode"):
-            written, dropped = _save(frames, durations, params, fmt)
+            written, dropped = _save(frames, durations, params, fmt, lambda: _TimedWriter(deadline,
+                                                                                          limits.max_answer_bytes))
     finally:
         im.close()
     first = frames[0]
     return Flipped(written, fmt, first.width, first.height, len(frames), spans, dropped)
+
+
+def compose(first: Image.Transpose | None, then: Image.Transpose | None) -> Image.Transpose | None:
+    """The one transpose (None: leave it as it is) that does `first`, then `then`: the eight
+    are a group, so any two make one."""
+    return _COMPOSED[first, then]
+
+
+def _composition_table() -> dict:
+    # Worked out on a 3x2 picture of six different pixels, where each of the eight differs.
+    probe = Image.frombytes("L", (3, 2), bytes(range(6)))
+    every = [None, *Image.Transpose]
+
+    def applied(im, operation):
+        return im if operation is None else im.transpose(operation)
+
+    table = {}
+    for first in every:
+        for then in every:
+            target = applied(applied(probe, first), then)
+            (table[first, then],) = [op for op in every if applied(probe, op).size == target.size
+                                     and applied(probe, op).tobytes() == target.tobytes()]
+    return table
+
+
+_COMPOSED = _composition_table()
+
+
+class _Deadline:
+    """The moment a flip gives up: checked wherever the picture's bytes are read or written."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise TooCostly(f"the picture took longer than {self.seconds:g} s to flip, the most a flip may "
+                            "take: it was given up, and would take as long again")
+
+
+class _TimedReader(io.BytesIO):
+    """The picture's bytes, for Pillow's decoders, which read them a block at a time."""
+
+    def __init__(self, data: bytes, deadline: _Deadline):
+        super().__init__(data)
+        self.deadline = deadline
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.deadline.check()
+        return super().read(size)
+
+
+class _TimedWriter(io.BytesIO):
+    """Where the encoders write, a block at a time: no later than the deadline, no more than the
+    answer limit."""
+
+    def __init__(self, deadline: _Deadline, max_bytes: int):
+        super().__init__()
+        self.deadline = deadline
+        self.max_bytes = max_bytes
+
+    def write(self, data) -> int:
+        self.deadline.check()
+        if self.tell() + len(data) > self.max_bytes:
+            raise TooCostly(f"the flipped picture would be over {self.max_bytes:,} bytes, the largest answer; "
+                            "send it in a format that compresses it")
+        return super().write(data)
 
 
 @contextlib.contextmanager
@@ -229,9 +319,9 @@ def identify(data: bytes) -> str | None:
         return None
 
 
-def _open(data: bytes, limits: Limits) -> Image.Image:
+def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
     try:
-        im = Image.open(io.BytesIO(data), formats=list(MEDIA_TYPES))
+        im = Image.open(_TimedReader(data, deadline), formats=list(MEDIA_TYPES))
     except Image.DecompressionBombError as exc:
         raise TooLarge(f"the picture has too many pixels: {exc}") from exc
     except UnidentifiedImageError:
@@ -244,6 +334,14 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     except PILLOW_DATA_ERRORS as exc:
         raise NotAnImage(f"the picture's header is damaged: {exc}") from exc
     _check_pixels(im, limits)
+    if im.format in ("JPEG", "MPO"):
+        if jpeg.scans(data, limits.max_scans) > limits.max_scans:
+            im.close()
+            raise TooCostly(f"the JPEG has more than {limits.max_scans:,} scans, the most a picture may have "
+                            "(a progressive JPEG has about 10): each costs a pass over every pixel")
+        # The decoder gets the data in smaller blocks, so that the deadline is looked at more
+        # often: a block of a progressive JPEG may hold hundreds of scans. (1 % of a decode.)
+        im.decodermaxblock = JPEG_DECODER_BLOCK
     return im
 
 
@@ -257,8 +355,8 @@ def _check_pixels(im: Image.Image, limits: Limits) -> None:
         )
 
 
-def _flip_frames(im, upright, flip_method, limits, fmt, spans):
-    """Every frame as a viewer sees it (`upright` applied), flipped."""
+def _flip_frames(im, operation, limits, fmt, spans, deadline):
+    """Every frame transposed by `operation` (None: copied as it is)."""
     frames, durations = [], []
     total_pixels = 0
     for index, frame in enumerate(_pillow_frames(im, spans)):
@@ -272,12 +370,13 @@ def _flip_frames(im, upright, flip_method, limits, fmt, spans):
             raise TooLarge(
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"
             )
+        deadline.check()
         with _pillow_reading(im):
             with spans.timing("decode"):
                 frame.load()
+            deadline.check()
             with spans.timing("flip"):
-                shown = frame if upright is None else frame.transpose(upright)
-                flipped = shown.transpose(flip_method)
+                flipped = frame.copy() if operation is None else frame.transpose(operation)
         durations.append(frame.info.get("duration"))  # WebP sets it only once loaded
         frames.append(flipped)
     return frames, durations
@@ -377,7 +476,7 @@ def _save_params(im, fmt, data) -> dict:
     return params
 
 
-def _save(frames, durations, params, fmt) -> tuple[bytes, tuple[str, ...]]:
+def _save(frames, durations, params, fmt, new_output) -> tuple[bytes, tuple[str, ...]]:
     """The frames written in `fmt`, and the names of the source's metadata (SOURCE_METADATA)
     left out for the writer to accept them, in SOURCE_METADATA's order.
 
@@ -396,11 +495,11 @@ def _save(frames, durations, params, fmt) -> tuple[bytes, tuple[str, ...]]:
     for left_out in tries:
         dropped = _ordered(unwritable, left_out)
         try:
-            return _write(frames, durations, params, dropped, fmt), dropped
+            return _write(frames, durations, params, dropped, fmt, new_output()), dropped
         except PILLOW_WRITE_ERRORS:
             continue
     dropped = _ordered(unwritable, carried)
-    return _write(frames, durations, params, dropped, fmt), dropped
+    return _write(frames, durations, params, dropped, fmt, new_output()), dropped
 
 
 def _ordered(*groups) -> tuple[str, ...]:
@@ -408,9 +507,9 @@ def _ordered(*groups) -> tuple[str, ...]:
     return tuple(name for name in SOURCE_METADATA if name in names)
 
 
-def _write(frames, durations, params, dropped, fmt) -> bytes:
-    """One try at writing the frames without the `dropped` metadata, into a new buffer (a
-    failed try leaves a partial file behind)."""
+def _write(frames, durations, params, dropped, fmt, out: io.BytesIO) -> bytes:
+    """One try at writing the frames without the `dropped` metadata, into `out`, a new buffer
+    each try (a failed try leaves a partial file behind)."""
     left_out = {SOURCE_METADATA[name] for name in dropped}
     params = {key: value for key, value in params.items() if key not in left_out}
     if fmt == "TIFF":
@@ -436,7 +535,6 @@ def _write(frames, durations, params, dropped, fmt) -> bytes:
         for frame in frames[1:]:
             if frame.info.get("compression"):
                 frame.encoderinfo = {"compression": frame.info["compression"]}
-    out = io.BytesIO()
     frames[0].save(out, fmt, **params)
     return out.getvalue()
 

@@ -19,6 +19,8 @@ from service.config import Settings
 
 log = logging.getLogger("flipfleet")
 IO_CHUNK = 256 * 1024
+# What waitress holds of an answer before the app's thread waits for it to be sent (service.memory).
+SEND_BUFFER_BYTES = 4 * 1024 * 1024
 # How often the serving loop looks up from its sockets to see whether a stop was asked for.
 POLL_SECONDS = 0.2
 
@@ -39,6 +41,7 @@ def build_server(settings: Settings, app):
         outbuf_overflow=2 * settings.max_bytes,
         recv_bytes=IO_CHUNK,
         send_bytes=IO_CHUNK,
+        outbuf_high_watermark=SEND_BUFFER_BYTES,
         # Keep reading while a request runs, so that a client that leaves is noticed
         # (waitress.client_disconnected) and its waiting flip gives up its place.
         channel_request_lookahead=1,

@@ -291,3 +291,36 @@ def test_the_sample_is_flipped_once_per_direction_then_served_from_memory(monkey
     assert flips == ["vertical", "horizontal"]
     # Only the two real flips count as flipped pixels.
     assert app.extensions["metrics"].pixels._value.get() == 2 * 6000 * 4000
+
+
+def test_a_picture_too_large_for_the_express_lane_waits_its_turn_and_is_flipped(app, monkeypatch):
+    gate = app.extensions["flip_gate"]
+    blocker = encode(picture("RGB"), "PNG")
+    large = encode(picture("RGB", (600, 600)), "PNG")  # over a quarter of the fixture's 1 MP
+    release, real_flip, started = threading.Event(), imaging.flip, []
+
+    def flip(data, direction, limits):
+        started.append((len(data), limits.max_pixels))
+        if data == blocker:
+            release.wait(10)
+        return real_flip(data, direction, limits)
+
+    monkeypatch.setattr(imaging, "flip", flip)
+    answers = {}
+
+    def post(name: str, body: bytes, client: str) -> None:
+        answers[name] = app.test_client().post("/flip", data=body, content_type="image/png",
+                                               headers={"X-Flipfleet-Client": client})
+
+    first = threading.Thread(target=post, args=("blocker", blocker, "10.0.0.1"))
+    first.start()
+    assert wait_for(lambda: gate.held == 1, timeout=10)
+    second = threading.Thread(target=post, args=("large", large, "10.0.0.2"))
+    second.start()
+    assert wait_for(lambda: len(started) == 2, timeout=10)  # tried in the lane, at its limits
+    assert started[1] == (len(large), 250_000) and "large" not in answers
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert answers["large"].status_code == 200 and started[2] == (len(large), 1_000_000)
+    assert decode(answers["large"].data).size == (600, 600)

@@ -42,6 +42,8 @@ def test_every_setting_has_its_variable():
         "FLIP_MAX_PIXELS": "10",
         "FLIP_MAX_FRAMES": "3",
         "FLIP_MAX_TOTAL_PIXELS": "30",
+        "FLIP_MAX_SCANS": "7",
+        "FLIP_MAX_SECONDS": "4",
         "FLIP_DRAIN_SECONDS": "0",
         "FLIP_SAMPLE_PATH": "/srv/sample.jpg",
         "FLIP_REPLICA_NAME": "web-1",
@@ -54,6 +56,7 @@ def test_every_setting_has_its_variable():
     assert settings.client_share == 3
     assert (settings.max_bytes, settings.max_pixels, settings.max_frames) == (1_000_000, 10, 3)
     assert settings.max_total_pixels == 30
+    assert (settings.max_scans, settings.max_seconds) == (7, 4)
     assert settings.drain_seconds == 0
     assert settings.sample_path == "/srv/sample.jpg"
     assert settings.replica == "web-1"
@@ -62,8 +65,10 @@ def test_every_setting_has_its_variable():
 
 
 def test_limits_are_built_from_the_settings():
-    limits = Settings.from_env({"FLIP_MAX_PIXELS": "10", "FLIP_MAX_FRAMES": "3", "FLIP_MAX_TOTAL_PIXELS": "30"}).limits
+    limits = Settings.from_env({"FLIP_MAX_PIXELS": "10", "FLIP_MAX_FRAMES": "3", "FLIP_MAX_TOTAL_PIXELS": "30",
+                                "FLIP_MAX_SCANS": "5", "FLIP_MAX_SECONDS": "2"}).limits
     assert (limits.max_pixels, limits.max_frames, limits.max_total_pixels) == (10, 3, 30)
+    assert (limits.max_scans, limits.max_seconds) == (5, 2)
 
 
 def test_threads_leave_room_for_light_requests_beside_a_full_queue():

@@ -143,3 +143,24 @@ def test_every_place_is_given_back(flips):
         flips.start(f"f{index}", f"client{index % 3}")
     flips.finish_all()
     assert flips.gate.held == 0 and flips.gate._clients == {}
+
+
+def test_an_express_flip_moved_to_the_queue_waits_for_a_turn_and_frees_the_lane(flips):
+    gate = flips.gate
+    flips.start("a1", "a")  # the queue's running flip
+    ran = []
+
+    def too_large_for_the_lane() -> None:
+        with gate.admit("b") as turn:
+            assert turn.express
+            gate.to_queue(turn)
+            ran.append(turn.express)
+
+    moved = threading.Thread(target=too_large_for_the_lane)
+    moved.start()
+    assert wait_for(lambda: gate.held == 2 and gate._express == 0, timeout=5)
+    flips.start("c1", "c")  # the lane is free again
+    assert flips.ran == ["a1", "c1"] and ran == []
+    flips.finish("a1")
+    moved.join(timeout=5)
+    assert ran == [False]  # it ran in the queue, after the flip ahead of it

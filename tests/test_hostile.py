@@ -6,6 +6,7 @@ published port every host client is the bridge's gateway)."""
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import os
 import socket
@@ -15,8 +16,9 @@ import time
 import pytest
 import requests
 
-from harness import wait_for
+from harness import client, wait_for
 from service.config import Settings
+from tests.pictures import many_scans_jpeg
 
 pytestmark = pytest.mark.docker
 POLITE = {"connections": 1, "size": "1600x1200"}
@@ -135,3 +137,56 @@ def _state(sock: socket.socket) -> str:
     except OSError:
         return "closed"
     return "closed" if data == b"" or data.startswith(b"HTTP/1.1 408") else data[:60].decode(errors="replace")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("env", "refusal"),
+    [({}, "more than 100 scans"),
+     # The scan count lifted: the deadline must end the decoding instead.
+     ({"FLIP_MAX_SCANS": "1000000", "FLIP_MAX_SECONDS": "3"}, "took longer than 3 s")],
+    ids=["scan-limit", "deadline"],
+)
+def test_poisonous_jpegs_get_a_json_422_and_the_other_clients_keep_their_flips(stack, env, refusal):
+    flipfleet = stack(os.cpu_count() or 2, HEALTH_INTERVAL="10s", **env)
+    replicas = flipfleet.container_ids()
+    poison = many_scans_jpeg((8000, 6000), scans=20_000)  # 48 MP, 1.9 MB, about 80 s of decoding
+    deadline = int(env.get("FLIP_MAX_SECONDS", Settings.from_env({}).max_seconds))
+    normal = {"connections": 8, "size": "3000x2000"}
+    (alone,) = flipfleet.flip_clients(normal, seconds=20)
+    runs, poisoned = [], []
+
+    def send_poisons() -> None:
+        time.sleep(8)  # while the normal clients are flipping
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            poisoned.extend(pool.map(lambda n: client.post(flipfleet.url + "/flip", poison, {
+                "Content-Type": "image/jpeg", "X-Request-ID": f"poison-{n}"}, timeout=120), range(3)))
+
+    sender = threading.Thread(target=send_poisons)
+    sender.start()
+    runs.extend(flipfleet.flip_clients(normal, seconds=20, start_in=5))
+    sender.join(timeout=180)
+    (beside,) = runs
+    kept = beside["flips"] / alone["flips"]
+    slowest = max(answer.seconds for answer in poisoned)
+    print(f"{'scan limit' if not env else 'deadline'}: 3 JPEGs of 20,001 scans each answered "
+          f"{sorted({a.status for a in poisoned})} within {slowest:.2f} s; 8 normal clients flipped "
+          f"{beside['flips']} times in 20 s beside them, {alone['flips']} alone: {kept:.0%} kept")
+    for answer in poisoned:
+        assert answer.status == 422 and answer.json()["status"] == 422, answer.body[:300]
+        assert refusal in answer.json()["error"]
+        assert "Retry-After" not in answer.headers  # not an invitation to send it again
+    # Each went to one replica once (a refusal is not retried). A replica flips one poison at a
+    # time, and gives each up at the deadline plus at most the decoder's step past it.
+    tries = {entry["rid"]: entry for entry in flipfleet.nginx_requests() if entry["rid"].startswith("poison-")}
+    assert sorted(tries) == [f"poison-{n}" for n in range(3)] and all(e["status"] == 422 for e in tries.values())
+    assert all(len(entry["upstreams"]) == 1 for entry in tries.values()), tries
+    on_replica = collections.Counter(entry["upstreams"][0] for entry in tries.values())
+    for n, answer in enumerate(poisoned):
+        sharing = on_replica[tries[f"poison-{n}"]["upstreams"][0]]
+        assert answer.seconds < sharing * (deadline + 2) + 1, (answer.seconds, sharing)
+    assert beside["statuses"] == {"200": beside["flips"]}
+    # Refused from their markers, the poisons cost nothing; given up at the deadline, each has
+    # taken a replica's CPU until then.
+    assert kept >= (0.8 if not env else 0.5)
+    assert [flipfleet.restart_count(replica) for replica in replicas] == [0] * len(replicas)

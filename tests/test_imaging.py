@@ -1,11 +1,15 @@
 import io
+import subprocess
+import sys
+import time
 import random
 import struct
 import zlib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
-from PIL import ExifTags, Image, ImageCms, JpegImagePlugin
+from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin
 
 from service import imaging
 from tests.pictures import (
@@ -14,6 +18,8 @@ from tests.pictures import (
     decode,
     encode,
     gif_declaring,
+    many_scans_jpeg,
+    noise_png,
     photo,
     picture,
     png_declaring,
@@ -544,3 +550,90 @@ def test_errors_while_decoding_are_damaged_data(monkeypatch, error):
     monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "load", load)
     with pytest.raises(imaging.NotAnImage, match="damaged"):
         imaging.flip(encode(picture("RGB"), "TIFF"))
+
+
+# -- work and memory bounds -------------------------------------------------------------------
+
+def test_a_jpeg_of_more_scans_than_the_limit_is_refused_before_decoding():
+    poison = many_scans_jpeg((8000, 6000), scans=20_000)  # minutes of decoding, 1.9 MB
+    started = time.perf_counter()
+    with pytest.raises(imaging.TooCostly, match="more than 100 scans"):
+        imaging.flip(poison, limits=replace(imaging.NO_LIMITS, max_scans=100))
+    print(f"a {len(poison):,}-byte JPEG of 20,001 scans refused in {(time.perf_counter() - started) * 1000:.1f} ms")
+    within = many_scans_jpeg((64, 48), scans=99)  # 100 scans in all: the limit itself
+    assert imaging.flip(within, limits=replace(imaging.NO_LIMITS, max_scans=100)).format == "JPEG"
+
+
+@pytest.mark.parametrize(
+    ("data", "limits"),
+    [(many_scans_jpeg((8000, 6000), scans=400), replace(imaging.NO_LIMITS, max_seconds=1)),
+     (noise_png((4000, 3000)), replace(imaging.NO_LIMITS, max_seconds=0.3))],
+    ids=["decoding: 400 scans over 48 MP", "encoding: 12 MP of random pixels as PNG"],
+)
+def test_a_flip_past_its_deadline_is_given_up(data, limits):
+    started = time.perf_counter()
+    with pytest.raises(imaging.TooCostly, match="took longer than"):
+        imaging.flip(data, limits=limits)
+    took = time.perf_counter() - started
+    print(f"given up after {took:.2f} s (deadline {limits.max_seconds} s)")
+    # Given up at the next block of data read or written after the deadline, not at the end.
+    assert took < limits.max_seconds + 1.0
+
+
+@pytest.mark.parametrize("first", [None, *Image.Transpose], ids=lambda t: getattr(t, "name", "none"))
+@pytest.mark.parametrize("then", [None, *Image.Transpose], ids=lambda t: getattr(t, "name", "none"))
+def test_any_two_transposes_make_one(first, then):
+    im = picture("RGB", (5, 3))
+    step = im if first is None else im.transpose(first)
+    step = step if then is None else step.transpose(then)
+    once = imaging.compose(first, then)
+    composed = im if once is None else im.transpose(once)
+    assert (composed.size, composed.tobytes()) == (step.size, step.tobytes())
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("direction", ["vertical", "horizontal"])
+def test_every_orientation_and_direction_is_what_a_viewer_shows_flipped(orientation, direction):
+    exif = Image.Exif()
+    exif[imaging.ORIENTATION] = orientation
+    source = encode(picture("RGB", (6, 4)), "PNG", exif=exif.tobytes())
+    shown = ImageOps.exif_transpose(decode(source))
+    expected = shown.transpose(imaging.DIRECTIONS[direction])
+    flipped = decode(imaging.flip(source, direction).data)
+    assert (flipped.size, flipped.tobytes()) == (expected.size, expected.tobytes())
+    assert imaging.ORIENTATION not in flipped.getexif()
+
+
+PEAK_SCRIPT = """
+import sys
+from pathlib import Path
+from service import imaging
+
+def high_water() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+
+data = Path(sys.argv[1]).read_bytes()
+imaging.flip(data)  # warm: imports, codecs
+before = high_water()
+imaging.flip(data)
+print(high_water() - before if high_water() > before else 0, before)
+"""
+
+
+def test_one_flip_holds_at_most_two_copies_of_the_picture(tmp_path):
+    # The 162 KB PNG of the measurement that found three copies: 7070x7070 of one colour, turned.
+    exif = Image.Exif()
+    exif[imaging.ORIENTATION] = 6
+    source = tmp_path / "flat.png"
+    source.write_bytes(encode(Image.new("RGB", (7070, 7070), (20, 120, 200)), "PNG", exif=exif.tobytes()))
+    frame = 7070 * 7070 * 4  # Pillow keeps RGB in 4 bytes a pixel
+    # A process of its own, which has done one flip already: its high-water mark then rises by
+    # what a second flip holds at once beyond what the first left behind.
+    done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(source)], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    grew, before = (int(v) for v in done.stdout.split())
+    print(f"a flip of {source.stat().st_size:,} bytes (7070x7070, turned): the process peaked at "
+          f"{(before + grew) / 2**20:.0f} MiB, {(before + grew) / frame:.2f} frames of {frame / 2**20:.0f} MiB")
+    assert before + grew < 2.3 * frame + 64 * 2**20  # two frames, the interpreter and the codecs

@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 
 from harness import client, usage, wait_for
-from harness.compose import ROOT
+from harness.compose import ROOT, run
 from harness.locust import run_locust
 from service.config import Settings
 from service.sample import load_sample
@@ -381,3 +381,23 @@ def test_secure_defaults(stack):
         assert "default-src 'none'" in response.headers["Content-Security-Policy"]
         assert response.headers["Referrer-Policy"] == "no-referrer"
     assert (error.status_code, refused.status_code) == (404, 413)
+
+
+@pytest.mark.slow
+def test_a_replica_that_stops_answering_gets_a_json_504_that_says_so_and_no_retry(stack):
+    flipfleet = stack(1)
+    (replica,) = flipfleet.container_ids()
+    run(["docker", "pause", replica])  # it takes the connection and the request, and answers nothing
+    try:
+        started = time.monotonic()
+        answer = client.post(flipfleet.url + "/flip", encode(picture("RGB"), "PNG"), {"Content-Type": "image/png"},
+                             timeout=120)
+        took = time.monotonic() - started
+    finally:
+        run(["docker", "unpause", replica])
+    print(f"a paused replica: nginx answered {answer.status} after {took:.1f} s: {answer.body.decode()[:160]}")
+    assert answer.status == 504 and answer.headers["Content-Type"] == "application/json"
+    assert answer.json() == {"status": 504, "error": "no answer from the replica within 60 s: this picture takes "
+                                                     "too long to flip; it was not retried"}
+    assert "Retry-After" not in answer.headers
+    assert 59 < took < 75

@@ -1,0 +1,62 @@
+"""A JPEG's markers, read without decoding anything: its header segments, and how many scans it has.
+
+A progressive JPEG may hold any number of scans, and a decoder walks every block of the picture
+for each: thousands of tiny scans make a small file cost minutes. Counting them is cheap.
+"""
+
+from __future__ import annotations
+
+import re
+
+SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
+# Markers with no length after them: TEM and the restart markers.
+STANDALONE = {0x01, *range(0xD0, 0xD8)}
+# The end of a scan's entropy-coded data: a 0xFF that is not stuffing (0x00), a restart marker or fill.
+_AFTER_SCAN = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
+
+
+def segments(data: bytes):
+    """(marker, start, end) of each segment of the main picture, from SOI up to and including the
+    first SOS's header (its entropy-coded data follows `end`); nothing if `data` is not a JPEG."""
+    for marker, start, end in _walk(data):
+        yield marker, start, end
+        if marker == SOS:
+            return
+
+
+def scans(data: bytes, stop_after: int) -> int:
+    """How many scans (SOS segments) the main picture has, up to its EOI; counting stops once it
+    passes `stop_after`, so a file of a million scans costs no more than one of `stop_after` + 1."""
+    count = 0
+    for marker, _, _ in _walk(data):
+        if marker == SOS:
+            count += 1
+            if count > stop_after:
+                break
+    return count
+
+
+def _walk(data: bytes):
+    if data[:2] != b"\xff\xd8":
+        return
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return  # not a marker where one must be: damaged, the decoder will say so
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in STANDALONE:
+            position += 2
+            continue
+        if marker == EOI:
+            return
+        end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        yield marker, position, end
+        if marker == SOS:
+            after = _AFTER_SCAN.search(data, end)
+            if after is None:
+                return
+            end = after.start()
+        position = end

@@ -1,0 +1,42 @@
+"""A JPEG's markers read without decoding: its header segments and its scans."""
+
+import pytest
+
+from service import jpeg
+from tests.pictures import encode, many_scans_jpeg, photo
+
+
+@pytest.mark.parametrize(
+    ("params", "mode", "scans"),
+    [({}, "RGB", 1), ({"progressive": True}, "RGB", 10), ({"progressive": True}, "L", 6),
+     ({"restart_marker_blocks": 1}, "RGB", 1), ({"restart_marker_rows": 1, "progressive": True}, "RGB", 10)],
+    ids=["baseline", "progressive", "progressive-grey", "restart-markers", "progressive-restarts"],
+)
+def test_scans_of_what_pillow_writes(params, mode, scans):
+    assert jpeg.scans(encode(photo((160, 120), mode), "JPEG", **params), stop_after=1000) == scans
+
+
+def test_a_crafted_many_scan_jpeg_is_counted_and_counting_stops_past_the_bound():
+    data = many_scans_jpeg((64, 48), scans=500)
+    assert jpeg.scans(data, stop_after=10_000) == 501
+    assert jpeg.scans(data, stop_after=100) == 101
+
+
+def test_an_mpo_counts_its_main_picture_only():
+    data = encode(photo((120, 90)), "MPO", save_all=True, append_images=[photo((60, 45))], progressive=True)
+    assert jpeg.scans(data, stop_after=1000) == 10
+
+
+@pytest.mark.parametrize("data", [b"", b"not a jpeg", b"\xff\xd8", b"\xff\xd8\x00\x00\x00"])
+def test_what_is_not_a_jpeg_has_no_scans(data):
+    assert jpeg.scans(data, stop_after=10) == 0
+    assert list(jpeg.segments(data)) == []
+
+
+def test_segments_end_with_the_first_scan_header():
+    data = encode(photo((64, 48)), "JPEG", progressive=True)
+    found = list(jpeg.segments(data))
+    assert found[0][1] == 2 and found[-1][0] == jpeg.SOS
+    assert [marker for marker, _, _ in found].count(jpeg.SOS) == 1
+    for (_, _, end), (_, start, _) in zip(found, found[1:]):
+        assert end == start  # contiguous: nothing between two header segments

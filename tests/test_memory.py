@@ -1,0 +1,106 @@
+"""A replica's memory: the worst case worked out from the settings (service/memory.py) against the
+limits the deployments set, then a real replica driven to that worst case under its limit."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import random
+import re
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from harness import client, usage
+from service import memory
+from service.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = {"": 1, "k": 1024, "m": 2**20, "g": 2**30, "Ki": 1024, "Mi": 2**20, "Gi": 2**30}
+
+
+def size(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", text).groups()
+    return int(number) * UNITS[unit]
+
+
+def compose_web_limit() -> int:
+    limit = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["web"]["deploy"]["resources"]["limits"]
+    return size(re.fullmatch(r"\$\{WEB_MEMORY_LIMIT:-(\w+)\}", limit["memory"]).group(1))
+
+
+def test_the_worst_case_fits_the_limit_every_deployment_sets():
+    needed = memory.needed(Settings.from_env({}))
+    k8s = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "web-deployment.yaml").read_text())
+    k8s_limit = size(k8s["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"])
+    print(f"worst case {needed / 2**20:.0f} MiB; compose's limit {compose_web_limit() / 2**20:.0f} MiB, "
+          f"Kubernetes' {k8s_limit / 2**20:.0f} MiB")
+    assert needed <= compose_web_limit() and needed <= k8s_limit
+
+
+@pytest.mark.parametrize("setting", ["queue", "max_bytes", "max_pixels", "max_total_pixels", "concurrency"])
+def test_every_bound_counts(setting):
+    settings = Settings.from_env({})
+    bigger = settings.__class__(**{**settings.__dict__, setting: getattr(settings, setting) * 2})
+    assert memory.needed(bigger) > memory.needed(settings)
+
+
+def heavy_png(body_bytes: int, pixels: tuple[int, int]) -> bytes:
+    """A PNG of `pixels` RGBA pixels (4 bytes each decoded) whose random band makes it about
+    `body_bytes` long: the largest body that decodes to the largest picture."""
+    width, height = pixels
+    band = max(1, body_bytes // (4 * width))
+    im = Image.new("RGBA", pixels)
+    im.paste(Image.frombytes("RGBA", (width, band), random.Random(1).randbytes(width * band * 4)), (0, 0))
+    out = io.BytesIO()
+    im.save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_replica_at_its_worst_case_stays_under_its_memory_limit(stack):
+    flipfleet = stack(1)
+    settings = Settings.from_env({})
+    (replica,) = flipfleet.container_ids()
+    limit = int(flipfleet.inspect(replica, "{{.HostConfig.Memory}}"))
+    assert limit == compose_web_limit()
+    width = 8000
+    full = heavy_png(int(settings.max_bytes * 0.95), (width, settings.max_pixels // width))
+    assert len(full) <= settings.max_bytes
+    highest = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.1):
+            highest[0] = max(highest[0], usage.memory(replica)["usage"])
+
+    side: list[dict] = []
+    # The queue full: the largest bodies that decode to the largest pictures, and another client's
+    # flips (at the express lane's limit) taking the last place, beside them.
+    beside = threading.Thread(target=lambda: side.extend(
+        flipfleet.flip_clients({"connections": 1, "size": "4000x3000"}, seconds=10, start_in=3)))
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    beside.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(settings.queue) as pool:
+            answers = list(pool.map(lambda body: client.post(flipfleet.url + "/flip", body, {"Content-Type": "image/png"},
+                                                             timeout=300), [full] * (settings.queue - 1)))
+        beside.join(timeout=120)
+    finally:
+        stop.set()
+        watcher.join()
+    peak = max(highest[0], usage.memory(replica).get("peak", 0))
+    statuses = sorted(answer.status for answer in answers)
+    print(f"{settings.queue - 1} flips of a {len(full) / 2**20:.1f} MiB PNG of {settings.max_pixels / 1e6:.0f} MP, and "
+          f"{side[0]['flips']} flips beside them from another client: statuses {statuses}; peak "
+          f"{peak / 2**20:.0f} MiB of the {limit / 2**20:.0f} MiB limit (worst case worked out: "
+          f"{memory.needed(settings) / 2**20:.0f} MiB)")
+    assert statuses == [200] * (settings.queue - 1), [a.body[:200] for a in answers if a.status != 200]
+    assert side[0]["flips"] > 0
+    assert flipfleet.restart_count(replica) == 0
+    assert peak < limit
