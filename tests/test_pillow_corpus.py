@@ -7,9 +7,12 @@ ImageError (the JSON 400, 413 or 415), never anything else, never slowly.
 The corpus is fetched once (47 MB with pip) into .cache/pillow-corpus/; without the package
 index this test is skipped, except under CI=true, where it fails. About 5 s on 2 cores."""
 
+import collections
 import os
+import time
 
 import pytest
+import requests
 
 from tests import pillow_corpus as corpus
 
@@ -62,3 +65,27 @@ def test_every_picture_is_flipped_or_refused_quickly(images):
     failures += [f"{name}: dropped {dropped.get(name, ())}, expected {DROPPED.get(name, ())}"
                  for name in sorted(set(dropped) | set(DROPPED)) if dropped.get(name) != DROPPED.get(name)]
     assert not failures, f"{len(failures)} of {len(files)} files:\n" + "\n".join(failures)
+
+
+@pytest.mark.docker
+def test_every_picture_through_nginx_gets_a_flip_or_a_json_4xx_quickly(images, stack):
+    flipfleet = stack(2)
+    files = corpus.corpus_files()
+    answers: dict[str, tuple[int, str, float]] = {}
+    session = requests.Session()
+    for path in files:
+        started = time.monotonic()
+        response = session.post(flipfleet.url + "/flip", data=path.read_bytes(),
+                                headers={"Content-Type": "application/octet-stream"}, timeout=60)
+        answers[str(path.relative_to(images))] = (response.status_code, response.headers.get("Content-Type", ""),
+                                                  time.monotonic() - started)
+    statuses = collections.Counter(status for status, _, _ in answers.values())
+    slowest = sorted(answers.items(), key=lambda item: item[1][2])[-3:]
+    print(f"{len(files)} files through nginx: {dict(sorted(statuses.items()))}; slowest "
+          + ", ".join(f"{name} {seconds:.2f} s" for name, (_, _, seconds) in slowest))
+    wrong = {name: answer for name, answer in answers.items()
+             if not (answer[0] == 200 and answer[1].startswith("image/"))
+             and not (400 <= answer[0] < 500 and answer[1] == "application/json")}
+    assert wrong == {}
+    assert max(seconds for _, _, seconds in answers.values()) < PER_FILE_SECONDS
+    assert [flipfleet.restart_count(c) for c in flipfleet.container_ids()] == [0, 0]
