@@ -90,7 +90,9 @@ class Bench:
     # -- stacks --------------------------------------------------------------------------
 
     def stack(self, label: str, replicas: int, *overrides: Path, **env: str) -> Stack:
-        env = {"FLIP_QUEUE": str(self.args.queue), **env}
+        # The load generator is one address standing in for many clients: no per-client share.
+        queue = int(env.get("FLIP_QUEUE", self.args.queue))
+        env = {"FLIP_QUEUE": str(self.args.queue), "FLIP_CLIENT_SHARE": str(replicas * queue), **env}
         log(f"bringing up {replicas} replica(s) {env}")
         stack = Stack(f"bench-{label}", *overrides, **env)
         self.stacks.append(stack)
