@@ -13,15 +13,31 @@ from pathlib import Path
 
 import requests
 
-from harness import wait_for
+from harness import ROOT, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 UP_TIMEOUT_S = 180
 # nginx's log_format flipfleet (nginx/nginx.conf.template).
 NGINX_ACCESS = re.compile(
     r'rid=(?P<rid>\S+) "(?P<request>[^"]*)" (?P<status>\d{3}) \d+ upstream=(?P<upstreams>.*?) '
     r"upstream_status=(?P<upstream_statuses>.*?) upstream_time="
 )
+
+
+SIZE = re.compile(r"(\d+)([kmg]?)(i?)b?", re.IGNORECASE)
+
+
+def size(text: str) -> int:
+    """Bytes in a size as compose or Kubernetes write it: 768m, 1g, 1536Mi, 64Mi."""
+    number, unit, _, = SIZE.fullmatch(text).groups()
+    return int(number) * 1024 ** " kmg".index(unit.lower() or " ")
+
+
+def compose_default(variable: str) -> str:
+    """The default compose.yaml gives `variable` (${VARIABLE:-default}), the first if several."""
+    match = re.search(rf"\$\{{{variable}:?-([^}}]*)\}}", (ROOT / "compose.yaml").read_text())
+    if match is None:
+        raise KeyError(f"compose.yaml gives {variable} no default")
+    return match.group(1)
 
 
 class DockerUnavailable(RuntimeError):
@@ -98,12 +114,43 @@ def run(command: list[str], timeout: float = 120, env: dict | None = None, check
     return result
 
 
+def _options(options: dict) -> list[str]:
+    """--key value for each, --key alone for True."""
+    return [arg for key, value in options.items()
+            for arg in ((f"--{key}",) if value is True else (f"--{key}", str(value)))]
+
+
+# Every test stack's project name: the prefix, the pid of the process that made it, a label.
+PROJECT_PREFIX = "fftest-"
+
+
+def sweep_stale_stacks() -> list[str]:
+    """Take down the stacks of test runs that ended without tearing them down (killed): those
+    whose process is gone. A running process's stacks are left alone. The projects removed."""
+    listed = run(["docker", "ps", "-a", "--filter", "label=com.docker.compose.project", "--format",
+                  '{{.Label "com.docker.compose.project"}}'], check=False).stdout.split()
+    stacks = run(["docker", "stack", "ls", "--format", "{{.Name}}"], check=False).stdout.split()
+    removed = []
+    for stack in stacks:
+        owner = re.match(rf"{PROJECT_PREFIX}(\d+)-", stack)
+        if owner and not Path(f"/proc/{owner.group(1)}").exists():
+            run(["docker", "stack", "rm", stack], timeout=120, check=False)
+            removed.append(stack)
+    for project in sorted(set(listed)):
+        owner = re.match(rf"{PROJECT_PREFIX}(\d+)-", project)
+        if owner and not Path(f"/proc/{owner.group(1)}").exists():
+            run(["docker", "compose", "-p", project, "down", "-v", "--remove-orphans", "--timeout", "1"],
+                timeout=120, check=False)
+            removed.append(project)
+    return removed
+
+
 class Stack:
     """One compose project: nginx on 127.0.0.1:<ephemeral port> in front of the `web` replicas;
     `overrides` are compose files layered over compose.yaml."""
 
     def __init__(self, label: str, *overrides: Path, **env: str):
-        self.project = f"fftest-{label}-{secrets.token_hex(3)}"
+        self.project = f"{PROJECT_PREFIX}{os.getpid()}-{label}-{secrets.token_hex(3)}"
         self.overrides = overrides
         # An empty FLIP_PORT publishes nginx on an ephemeral port of 127.0.0.1 (compose.yaml).
         self.env = {"FLIP_PORT": "", "FLIP_BIND": "127.0.0.1", **env}
@@ -200,7 +247,7 @@ class Stack:
             ["docker", "run", "--rm", "--network", f"{self.project}_default", "--memory", "512m",
              "--pids-limit", "256", "-v", f"{ROOT / 'harness'}:/src/harness:ro", "-e", "PYTHONPATH=/src",
              "flipfleet-web:latest", "python", "-m", "harness.flipclient", "http://nginx:8080",
-             "--seconds", str(seconds), "--start-at", str(start_at), *(arg for key, value in client.items() for arg in ((f"--{key}",) if value is True else (f"--{key}", str(value))))],
+             "--seconds", str(seconds), "--start-at", str(start_at), *_options(client)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for client in clients]
         found = []
         for process in started:

@@ -3,14 +3,19 @@ the repo root (as the README says), bounded in time, its CSV read back."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT
+from service.sample import load_sample
+
 # Beyond the run time: locust's start-up and its final report; only a hung run reaches it.
 GRACE_SECONDS = 90
 
@@ -72,3 +77,31 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+@contextlib.contextmanager
+def under_load(url: str, tmp_path: Path, seconds: float, users: int = 8, start_after: float = 0):
+    """`users` FlipUsers post the sample to `url` for `seconds`; the block runs `start_after`
+    seconds in. Yields a list that holds the finished run once the block is done."""
+    photo = tmp_path / "sample.jpg"
+    photo.write_bytes(load_sample(None))
+    finished: list[LocustRun] = []
+    raised: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            finished.append(run_locust(url, "FlipUser", users=users, seconds=seconds, csv_prefix=tmp_path / "run",
+                                       FLIP_PHOTO=str(photo)))
+        except BaseException as exc:  # raised again below
+            raised.append(exc)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(start_after)
+    try:
+        yield finished
+    finally:
+        thread.join(timeout=seconds + GRACE_SECONDS + 30)
+    if raised:
+        raise raised[0]
+    assert finished, "locust did not finish"

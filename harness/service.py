@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from harness import wait_for
-from harness.compose import offline_image, run
+from harness.compose import PROJECT_PREFIX, offline_image, run
 
 # What a docker-in-docker node needs without --privileged (which these machines refuse).
 NODE_OPTIONS = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
@@ -25,7 +25,7 @@ class OneNodeStack:
     """The stack on this engine, as scripts/swarm-up.sh makes it, nginx on an ephemeral port."""
 
     def __init__(self, **env: str):
-        self.name = f"fftest-swarm-{secrets.token_hex(3)}"
+        self.name = f"{PROJECT_PREFIX}{os.getpid()}-swarm-{secrets.token_hex(3)}"
         self.env = {"FLIPFLEET_STACK": self.name, "FLIP_PORT": "", "FLIP_REGISTRY_PORT": "", **env}
         self.port = 0
 
@@ -104,10 +104,12 @@ class SwarmLab:
                  *NODE_OPTIONS, "-v", f"{node}:/var/lib/docker", *publish, self.node_image,
                  "--insecure-registry", f"{self.registry_name}:5000", *listen])
         for node in self.nodes:
-            if not wait_for(lambda: self.on(node, "info", check=False).returncode == 0, timeout=60, interval=0.5):
-                raise RuntimeError(f"{node}'s engine did not start:\n{run(['docker', 'logs', node], check=False).stderr[-2000:]}")
-        address = run(["docker", "inspect", "--format",
-                       f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}', self.nodes[0]]).stdout.strip()
+            if not wait_for(lambda node=node: self.on(node, "info", check=False).returncode == 0, timeout=60,
+                            interval=0.5):
+                logs = run(["docker", "logs", node], check=False).stderr[-2000:]
+                raise RuntimeError(f"{node}'s engine did not start:\n{logs}")
+        template = f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}'
+        address = run(["docker", "inspect", "--format", template, self.nodes[0]]).stdout.strip()
         self.on(self.nodes[0], "swarm", "init", "--advertise-addr", address)
         token = self.on(self.nodes[0], "swarm", "join-token", "-q", "worker").stdout.strip()
         for node in self.nodes[1:]:
@@ -143,7 +145,8 @@ class SwarmLab:
 
     def node_names(self) -> dict[str, str]:
         """Node id -> the node's hostname (its container's name)."""
-        return dict(line.split() for line in self.manager("node", "ls", "--format", "{{.ID}} {{.Hostname}}").stdout.splitlines())
+        listed = self.manager("node", "ls", "--format", "{{.ID}} {{.Hostname}}").stdout
+        return dict(line.split() for line in listed.splitlines())
 
     def push(self, image: str, name: str) -> str:
         """Push a local image to the lab's registry; the name the nodes pull it by."""

@@ -2,8 +2,10 @@
 # nginx for flipfleet: fill nginx.conf.template in with this deployment's numbers (envsubst), check
 # it, run nginx, and fill it in again and reload whenever DNS lists another number of replicas (or
 # of nginx). Settings come from the environment, else from the replicas' own defaults file, so
-# nginx and the replicas agree. Needs FLIP_UPSTREAM (the replicas' host:port) and WEB_REPLICAS
-# (how many to admit for until DNS says). docs/operations.md describes every variable.
+# nginx and the replicas agree. Needs FLIP_UPSTREAM (the replicas' host:port); WEB_REPLICAS is how
+# many to admit for at start (else as many as DNS lists then); NGINX_PEERS, a name that DNS
+# answers with every nginx, makes each admit its share (else NGINX_INSTANCES, 1).
+# docs/operations.md describes every variable.
 #   NGINX_CONF=out.conf nginx/entrypoint.sh --render-only   # write the config, run nothing
 #   nginx/entrypoint.sh --plan                              # print what it admits, as KEY=VALUE
 #   nginx/entrypoint.sh --reload                            # fill in again, reload a running nginx
@@ -34,9 +36,11 @@ fi
 : "${NGINX_RESOLVER:=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf 2>/dev/null)}"
 : "${NGINX_INSTANCES:=1}" "${NGINX_TRUSTED_PROXIES:=}" "${NGINX_PEERS:=}"
 export NGINX_RESOLVER
-for name in FLIP_UPSTREAM NGINX_RESOLVER WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES FLIP_CLIENT_SHARE; do
+for name in FLIP_UPSTREAM NGINX_RESOLVER FLIP_QUEUE FLIP_MAX_BYTES FLIP_CLIENT_SHARE; do
   [[ -n ${!name:-} ]] || die "$name is not set"
 done
+listed() { getent ahostsv4 "$1" 2>/dev/null | awk '{ print $1 }' | sort -u | wc -l; }
+: "${WEB_REPLICAS:=$(n=$(listed "${FLIP_UPSTREAM%:*}"); echo $((n > 0 ? n : 1)))}"
 for name in WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES FLIP_CLIENT_SHARE NGINX_INSTANCES; do
   [[ ${!name} =~ ^[0-9]+$ ]] || die "$name must be a whole number, not '${!name}'"
   ((${!name} >= 1)) || die "$name must be at least 1"
@@ -85,19 +89,20 @@ with_commas() {
 render() {
   plan "$@"
   [[ -z $capped ]] || log "$capped"
-  local real_ip='' network
+  local real_ip='' network placeholders
   for network in $NGINX_TRUSTED_PROXIES; do real_ip+="set_real_ip_from $network;"$'\n    '; done
   [[ -z $real_ip ]] || real_ip+="real_ip_header X-Forwarded-For;"$'\n    '"real_ip_recursive on;"
+  # Only the template's own ${NAME}s: nginx's $variables stay as they are.
+  # shellcheck disable=SC2016
+  placeholders=$(grep -o '\${[A-Z_]*}' "$template" | sort -u | tr -d '\n')
   REPLICAS=$1 MAX_CONNS=$max_conns ADMITTED_LARGE=$large ADMITTED_SMALL=$small REAL_IP=$real_ip \
     ANSWER_BUFFERS="${answer_buffers[0]} ${answer_buffers[1]}k" FLIP_MAX_BYTES_TEXT=$(with_commas "$FLIP_MAX_BYTES") \
-    envsubst "$(grep -o '\${[A-Z_]*}' "$template" | sort -u | tr -d '\n')" <"$template" >"$out.new"
+    envsubst "$placeholders" <"$template" >"$out.new"
   mv "$out.new" "$out"
   log "upstream $FLIP_UPSTREAM ($1 replicas), max_conns $max_conns per replica from this nginx (of $2); admitting $large" \
     "bodies of up to $FLIP_MAX_BYTES bytes and $small under 1 MB, at most $FLIP_CLIENT_SHARE from one client" \
     "(needs $((need >> 20)) MiB${memory:+ of $memory MiB})"
 }
-
-listed() { getent ahostsv4 "$1" 2>/dev/null | awk '{ print $1 }' | sort -u | wc -l; }
 
 # What DNS lists now, or the last count when it lists none (a lookup between two tasks).
 replicas_now() { local n; n=$(listed "${FLIP_UPSTREAM%:*}"); echo $((n > 0 ? n : ${1:-$WEB_REPLICAS})); }

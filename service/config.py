@@ -3,8 +3,8 @@
 import dataclasses
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from service.imaging import Limits
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.compose import DockerUnavailable, Stack, build_images, check_docker
+from harness.compose import DockerUnavailable, Stack, build_images, check_docker, sweep_stale_stacks
 from service.app import create_app
 from service.config import Settings
 
@@ -49,6 +49,9 @@ def docker_images():
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the Docker tests: {exc}")
         pytest.skip(str(exc))
+    swept = sweep_stale_stacks()
+    if swept:
+        print(f"took down {len(swept)} stack(s) left by killed test runs: {', '.join(swept)}")
     build_images("web", "locust-master")
 
 
@@ -56,7 +59,7 @@ class Stacks:
     """The stacks a test (or a module) brought up: torn down at its end, logs shown on failure."""
 
     def __init__(self, label: str):
-        self.label = label[:20].replace("_", "-")
+        self.label = label[:14].replace("_", "-")
         self.started: list[Stack] = []
 
     def __call__(self, replicas: int, *overrides: Path, **env: str) -> Stack:
@@ -97,5 +100,7 @@ def stack(docker_images, request):
 def running_stack(docker_images, request):
     """One stack of one replica, shared by the tests of a module that only send it requests."""
     stacks = Stacks(request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"))
-    yield stacks(1)
-    stacks.tear_down(failed=request.session.testsfailed > 0)
+    try:
+        yield stacks(1)
+    finally:  # a stack that failed to come up is taken down too
+        stacks.tear_down(failed=request.session.testsfailed > 0)

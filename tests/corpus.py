@@ -163,5 +163,6 @@ def malformed_requests(seed: int = 2018) -> list[BadRequest]:
 
     add(BadRequest("body over the limit", b"\0" * (LIMIT + 1), "image/jpeg"))
     add(BadRequest("body far over the limit", b"\0" * (2 * LIMIT), "image/png"))
-    add(BadRequest("multipart over the limit", content_type=None, files=[("image", "big.jpg", b"\0" * (LIMIT + 10), "image/jpeg")]))
+    add(BadRequest("multipart over the limit", content_type=None,
+                   files=[("image", "big.jpg", b"\0" * (LIMIT + 10), "image/jpeg")]))
     return corpus

@@ -32,7 +32,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT
+
 CACHE = ROOT / ".cache" / "pillow-corpus"
 # sha256 of each Pillow sdist this corpus may come from, as the package index lists it.
 SDIST_SHA256 = {

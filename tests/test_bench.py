@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from harness.compose import ROOT
 from loadtest.bench import report
 from loadtest.bench.burst import BURST
-from harness.compose import ROOT
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -69,6 +69,7 @@ def test_light_requests_were_probed_while_the_queues_were_full(quick_run):
     light = json.loads((out / "summary.json").read_text())["light_under_load"]
     assert light["users"] == light["replicas"] * light["queue"]
     assert light["flips"]["requests"] > 0
+    assert set(light["probes"]) == {"GET /healthz (a replica)", "GET /metrics (a replica)", "GET / (through nginx)"}
     for figures in light["probes"].values():
         assert figures["count"] > 0 and figures["failed"] == 0
         assert figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]

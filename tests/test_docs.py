@@ -1,13 +1,12 @@
 """The documentation says what the files say: every setting with its default, and no dead link."""
 
 import re
-from pathlib import Path
 
 import pytest
 
+from harness import ROOT
 from service.config import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMPOSE_VARIABLE = re.compile(r"\$\{([A-Z_]+)(?::?-([^}]*))?\}")
 

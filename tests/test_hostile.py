@@ -71,6 +71,7 @@ def test_a_loop_of_cheap_requests_is_held_to_a_rate_and_answered_at_once(running
     assert refused.headers["Retry-After"] == "1" and "X-Served-By" not in refused.headers
 
 
+@pytest.mark.smoke
 def test_clients_learn_no_internal_address_and_no_replica_health(running_stack):
     answer = requests.get(rested(running_stack.url) + "/", timeout=10)
     assert answer.status_code == 200 and answer.text.startswith("flipfleet replica")  # which replica answered
@@ -132,7 +133,7 @@ def _state(sock: socket.socket) -> str:
     sock.settimeout(0.001)
     try:
         data = sock.recv(4096)
-    except socket.timeout:
+    except TimeoutError:
         return "open"
     except OSError:
         return "closed"

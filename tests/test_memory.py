@@ -8,23 +8,15 @@ import io
 import random
 import re
 import threading
-from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
-from harness import client, usage
+from harness import ROOT, client, usage
+from harness.compose import size
 from service import memory
 from service.config import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-UNITS = {"": 1, "k": 1024, "m": 2**20, "g": 2**30, "Ki": 1024, "Mi": 2**20, "Gi": 2**30}
-
-
-def size(text: str) -> int:
-    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", text).groups()
-    return int(number) * UNITS[unit]
 
 
 def compose_web_limit() -> int:
@@ -34,8 +26,9 @@ def compose_web_limit() -> int:
 
 def test_the_worst_case_fits_the_limit_every_deployment_sets():
     needed = memory.needed(Settings.from_env({}))
-    k8s = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "web-deployment.yaml").read_text())
-    k8s_limit = size(k8s["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"])
+    # What kustomize's replacements put into the web Deployment (tests/test_k8s.py renders it).
+    k8s = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "stack-values.yaml").read_text())
+    k8s_limit = size(k8s["spec"]["webMemoryLimit"])
     print(f"worst case {needed / 2**20:.0f} MiB; compose's limit {compose_web_limit() / 2**20:.0f} MiB, "
           f"Kubernetes' {k8s_limit / 2**20:.0f} MiB")
     assert needed <= compose_web_limit() and needed <= k8s_limit
@@ -88,8 +81,9 @@ def test_a_replica_at_its_worst_case_stays_under_its_memory_limit(stack):
     beside.start()
     try:
         with concurrent.futures.ThreadPoolExecutor(settings.queue) as pool:
-            answers = list(pool.map(lambda body: client.post(flipfleet.url + "/flip", body, {"Content-Type": "image/png"},
-                                                             timeout=300), [full] * (settings.queue - 1)))
+            answers = list(pool.map(lambda body: client.post(
+                flipfleet.url + "/flip", body, {"Content-Type": "image/png"}, timeout=300),
+                [full] * (settings.queue - 1)))
         beside.join(timeout=120)
     finally:
         stop.set()

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from harness import wait_for
-from harness.compose import ROOT
+from harness.compose import ROOT, offline_image, run
 from harness.locust import run_locust
 from loadtest.bench.latency import probe
 from service.sample import load_sample
@@ -52,7 +52,7 @@ def test_prometheus_follows_the_replicas_as_they_are_scaled(monitored):
     for replicas in (3, 2):
         flipfleet.compose("up", "-d", "--no-build", "--no-deps", "--scale", f"web={replicas}", "web", timeout=180)
         scaled_at = time.monotonic()
-        assert wait_for(lambda: prometheus.web_targets_up() == replicas, timeout=20, interval=0.5), \
+        assert wait_for(lambda replicas=replicas: prometheus.web_targets_up() == replicas, timeout=20, interval=0.5), \
             prometheus.web_targets_up()
         print(f"--scale web={replicas}: Prometheus had {replicas} web targets up "
               f"{time.monotonic() - scaled_at:.1f} s after compose returned")
@@ -72,7 +72,8 @@ def test_the_exporter_counts_what_nginx_serves_and_the_rules_are_loaded(monitore
     rules = requests.get(prometheus.url + "/api/v1/rules", timeout=10).json()["data"]["groups"]
     names = {rule["name"] for group in rules for rule in group["rules"]}
     assert {"flipfleet:flips:rate1m", "flipfleet:flip_duration_seconds:p95", "flipfleet:refusals_503:rate1m",
-            "flipfleet:replicas_up", "FlipfleetReplicaDown", "FlipfleetShedding", "FlipfleetSlowFlips"} <= names
+            "flipfleet:replicas_up", "FlipfleetReplicaDown", "FlipfleetNginxDown", "FlipfleetShedding",
+            "FlipfleetSlowFlips"} <= names
     assert all(rule["health"] == "ok" for group in rules for rule in group["rules"])
 
 
@@ -108,3 +109,31 @@ def test_light_requests_and_metrics_stay_quick_while_every_queue_is_full(stack, 
         assert figures["failed"] == 0, name
         # Loose: the healthcheck's timeout is 3 s; the benchmark measures it tightly.
         assert figures["p99_ms"] < 1500, (name, figures)
+
+
+def test_the_rules_pass_their_unit_tests(docker_images):
+    """monitoring/rules.test.yml: each alert fires when it should and not before (promtool)."""
+    image = offline_image("PROMETHEUS_IMAGE", "prom/prometheus:v2.53.3")
+    done = run(["docker", "run", "--rm", "-v", f"{ROOT / 'monitoring'}:/etc/prometheus:ro", "--entrypoint", "promtool",
+                image, "test", "rules", "/etc/prometheus/rules.test.yml"], check=False, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_replica_that_stops_answering_fires_its_alert(monitored):
+    flipfleet, prometheus = monitored
+    victim = flipfleet.container_ids()[0]
+    run(["docker", "pause", victim])
+    paused_at = time.monotonic()
+    try:
+        def firing() -> list[dict]:
+            alerts = requests.get(prometheus.url + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+            return [a for a in alerts if a["labels"]["alertname"] == "FlipfleetReplicaDown" and a["state"] == "firing"]
+
+        fired = wait_for(firing, timeout=120, interval=2)
+    finally:
+        run(["docker", "unpause", victim])
+    assert fired and len(fired) == 1, fired
+    print(f"a paused replica: FlipfleetReplicaDown firing {time.monotonic() - paused_at:.0f} s later "
+          f"({fired[0]['labels']['instance']})")

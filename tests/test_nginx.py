@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness import ROOT
+from harness.compose import compose_default, size
 from service.app import create_app
 from service.config import DEFAULTS_FILE, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "nginx" / "entrypoint.sh"
 MiB = 1024 * 1024
-UNITS = {"k": 1024, "m": MiB, "g": 1024 * MiB}
 
 
 def entrypoint(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -42,17 +42,6 @@ def plan(**env: str) -> dict[str, int]:
 def directive(conf: str, name: str) -> list[str]:
     """The arguments of every `name ...;` line."""
     return [match.strip() for match in re.findall(rf"^\s*{name}\s+([^;]*);", conf, re.MULTILINE)]
-
-
-def size(text: str) -> int:
-    return int(text[:-1]) * UNITS[text[-1].lower()] if text[-1].lower() in UNITS else int(text)
-
-
-def compose_default(variable: str) -> str:
-    """The default compose.yaml gives `variable` in `${variable:-default}`."""
-    match = re.search(rf"\$\{{{variable}:-([^}}]*)\}}", (ROOT / "compose.yaml").read_text())
-    assert match, f"compose.yaml has no default for {variable}"
-    return match.group(1)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +104,8 @@ def test_the_admitted_bodies_and_answers_fit_in_nginx_memory_limit(tmp_path, env
     assert directive(conf, "client_body_buffer_size") == directive(conf, "client_max_body_size")
     assert directive(conf, "proxy_max_temp_file_size") == ["0"]
     assert f"needs {admitted['NEEDED_BYTES'] >> 20} MiB of {limit >> 20} MiB" in log
-    print(f"nginx {env or 'defaults'}: {admitted['ADMITTED_LARGE']} large and {admitted['ADMITTED_SMALL']} small bodies "
+    print(f"nginx {env or 'defaults'}: {admitted['ADMITTED_LARGE']} large and {admitted['ADMITTED_SMALL']} small "
+          "bodies "
           f"admitted, {admitted['NEEDED_BYTES'] / MiB:.0f} MiB of its {limit / MiB:.0f} MiB limit")
 
 
@@ -144,7 +134,8 @@ def test_every_client_limit_keys_on_the_client_address(tmp_path):
 def test_web_replicas_default_is_written_once_in_compose():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     # The anchor is resolved by the YAML loader: both places hold the same ${WEB_REPLICAS:-N}.
-    assert compose["services"]["web"]["deploy"]["replicas"] == compose["services"]["nginx"]["environment"]["WEB_REPLICAS"]
+    services = compose["services"]
+    assert services["web"]["deploy"]["replicas"] == services["nginx"]["environment"]["WEB_REPLICAS"]
     assert (ROOT / "compose.yaml").read_text().count("${WEB_REPLICAS") == 1
 
 

@@ -1,11 +1,11 @@
 """The images install from hashed locks; each lock must pin what its requirements files pin."""
 
 import re
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT
+
 PIN = re.compile(r"^([A-Za-z0-9_.-]+)==([^\s\\;]+)", re.MULTILINE)
 # lock -> the requirements files it was compiled from (its own header names the command).
 LOCKS = {

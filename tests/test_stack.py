@@ -13,12 +13,14 @@ import requests
 from PIL import Image
 
 from harness import wait_for
+from service.config import Settings
 from tests.pictures import decode, encode, picture
 
 pytestmark = pytest.mark.docker
 DOWN = Image.Transpose.FLIP_TOP_BOTTOM
 
 
+@pytest.mark.smoke
 def test_requests_spread_over_every_replica_and_flips_are_right(stack):
     flipfleet = stack(3)
 
@@ -116,28 +118,32 @@ def raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
         return response.status, dict(response.headers), response.read()
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize(
-    ("request_bytes", "status"),
+    ("request_bytes", "status", "error"),
     [
-        (b"NONSENSE\r\n\r\n", 400),
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
-        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 400),
-        (b"POST /flip HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-        (b"GET / HTTP/2.7\r\nHost: x\r\n\r\n", 505),
-        (b"POST /flip HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413),
+        (b"NONSENSE\r\n\r\n", 400, "bad request"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "the URL is too long"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 400, "bad request"),
+        (b"POST /flip HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+         "that transfer encoding is not supported"),
+        (b"GET / HTTP/2.7\r\nHost: x\r\n\r\n", 505, "that HTTP version is not supported"),
+        (b"POST /flip HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413,
+         f"the body is over the limit of {Settings.from_env({}).max_bytes:,} bytes"),
     ],
     ids=["bad-request-line", "long-url", "large-header", "unknown-encoding", "http-version", "huge-length"],
 )
-def test_nginx_own_errors_are_json_with_the_security_headers(running_stack, request_bytes, status):
+def test_nginx_own_errors_are_json_with_the_security_headers(running_stack, request_bytes, status, error):
     answered, headers, body = raw_request(running_stack.port, request_bytes)
     assert answered == status
     assert headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"error": json.loads(body)["error"], "status": status}
+    assert json.loads(body) == {"error": error, "status": status}
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert headers["Server"] == "nginx"
 
 
+@pytest.mark.slow
 def test_locust_web_ui_drives_the_stack(stack):
     flipfleet = stack(2, COMPOSE_PROFILES="loadtest", LOCUST_PORT="", LOCUST_WORKERS="2")
     ui = f"http://127.0.0.1:{flipfleet.published_port('locust-master', 8089)}"
@@ -161,6 +167,7 @@ def test_locust_web_ui_drives_the_stack(stack):
     assert "POST /flip" in flipfleet.logs("web")
 
 
+@pytest.mark.smoke
 def test_replica_metrics_are_not_served_to_clients(running_stack):
     response = requests.get(running_stack.url + "/metrics", timeout=10)
     assert response.status_code == 404

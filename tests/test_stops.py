@@ -4,7 +4,6 @@ requests, and then only with the JSON 503."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 import threading
@@ -14,42 +13,13 @@ import pytest
 import requests
 
 from harness.compose import ROOT, run
-from harness.locust import LocustRun, run_locust
-from service.sample import load_sample
+from harness.locust import LocustRun, under_load
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 USERS = 8
 # Load before the change, the change itself, and load after it.
 LOAD_SECONDS = 50
 CHANGE_AT = 10
-
-
-@contextlib.contextmanager
-def under_load(flipfleet, tmp_path):
-    """8 users post the sample for LOAD_SECONDS; the block runs CHANGE_AT seconds in. Yields a
-    list that holds the finished locust run once the block is done."""
-    photo = tmp_path / "sample.jpg"
-    photo.write_bytes(load_sample(None))
-    finished: list[LocustRun] = []
-    raised: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            finished.append(run_locust(flipfleet.url, "FlipUser", users=USERS, seconds=LOAD_SECONDS,
-                                       csv_prefix=tmp_path / "run", FLIP_PHOTO=str(photo)))
-        except BaseException as exc:  # raised again below
-            raised.append(exc)
-
-    thread = threading.Thread(target=load)
-    thread.start()
-    time.sleep(CHANGE_AT)
-    try:
-        yield finished
-    finally:
-        thread.join(timeout=LOAD_SECONDS + 120)
-    if raised:
-        raise raised[0]
-    assert finished, "locust did not finish"
 
 
 def assert_no_failures(run: LocustRun) -> dict:
@@ -67,7 +37,7 @@ def test_the_rolling_replacement_fails_no_request(stack, tmp_path):
     before = set(flipfleet.container_ids())
     assert versions_answering(flipfleet) == {"dev"}
     try:
-        with under_load(flipfleet, tmp_path) as finished:
+        with under_load(flipfleet.url, tmp_path, LOAD_SECONDS, users=USERS, start_after=CHANGE_AT) as finished:
             started = time.monotonic()
             run(["bash", "scripts/rollout.sh", *flipfleet.compose_options()], timeout=600,
                 env={**flipfleet.env, "FLIP_VERSION": "rolled"})
@@ -85,7 +55,7 @@ def test_the_rolling_replacement_fails_no_request(stack, tmp_path):
 
 def test_scaling_down_from_3_to_1_fails_no_request(stack, tmp_path):
     flipfleet = stack(3)
-    with under_load(flipfleet, tmp_path) as finished:
+    with under_load(flipfleet.url, tmp_path, LOAD_SECONDS, users=USERS, start_after=CHANGE_AT) as finished:
         flipfleet.compose("up", "-d", "--no-build", "--no-deps", "--scale", "web=1", "web", timeout=120)
     flips = assert_no_failures(finished[0])
     assert len(flipfleet.container_ids()) == 1
@@ -95,7 +65,7 @@ def test_scaling_down_from_3_to_1_fails_no_request(stack, tmp_path):
 def test_stopping_one_replica_fails_no_request(stack, tmp_path):
     flipfleet = stack(3)
     victim = flipfleet.container_ids()[0]
-    with under_load(flipfleet, tmp_path) as finished:
+    with under_load(flipfleet.url, tmp_path, LOAD_SECONDS, users=USERS, start_after=CHANGE_AT) as finished:
         # What `docker compose stop` does to each container: the stop signal, then the grace period.
         run(["docker", "stop", victim], timeout=60)
     flips = assert_no_failures(finished[0])
@@ -106,12 +76,14 @@ def test_stopping_one_replica_fails_no_request(stack, tmp_path):
 
 def test_restarting_every_replica_at_once_refuses_only_with_json_503(stack, tmp_path):
     flipfleet = stack(3)
+    started_at = {c: flipfleet.inspect(c, "{{.State.StartedAt}}") for c in flipfleet.container_ids()}
     refused_at: list[float] = []
     stop = threading.Event()
 
     def probe() -> None:
-        # When GET / was refused, to a few tens of milliseconds: how long the stack was away.
-        while not stop.wait(0.05):
+        # When GET / was refused, to a tenth of a second (within nginx's rate for requests
+        # without a body): how long the stack was away.
+        while not stop.wait(0.1):
             try:
                 if requests.get(flipfleet.url + "/", timeout=5).status_code != 200:
                     refused_at.append(time.monotonic())
@@ -121,7 +93,7 @@ def test_restarting_every_replica_at_once_refuses_only_with_json_503(stack, tmp_
     prober = threading.Thread(target=probe)
     prober.start()
     try:
-        with under_load(flipfleet, tmp_path) as finished:
+        with under_load(flipfleet.url, tmp_path, LOAD_SECONDS, users=USERS, start_after=CHANGE_AT) as finished:
             started = time.monotonic()
             flipfleet.compose("restart", "web", timeout=120)
             assert time.monotonic() - started < LOAD_SECONDS - CHANGE_AT, "the restart outlasted the load"
@@ -135,7 +107,11 @@ def test_restarting_every_replica_at_once_refuses_only_with_json_503(stack, tmp_
     json_503 = re.compile(r'status 503, not 200 \(Retry-After: 1\): \{"error":"[^"]*","status":503\}')
     assert all(json_503.search(error) for error in errors), errors
     assert flips["failures"] == sum(errors.values())
-    away = (refused_at[-1] - refused_at[0]) if refused_at else 0.0
+    # Every replica was restarted, and while none was up clients were refused, for a while.
+    assert all(flipfleet.inspect(c, "{{.State.StartedAt}}") != at for c, at in started_at.items()), started_at
+    assert refused_at and flips["failures"] > 0, (refused_at, flips)
+    away = refused_at[-1] - refused_at[0]
+    assert away < 30, away
     print(f"`docker compose restart web` (3 replicas) under {USERS} users: {flips['requests']} flips, "
           f"{flips['failures']} refused with the JSON 503 and Retry-After, none cut; GET / refused for "
           f"{away:.1f} s ({len(refused_at)} probes)")

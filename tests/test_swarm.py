@@ -5,12 +5,9 @@ one that rolls back); three engines in containers forming one swarm that loses a
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import subprocess
-import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -18,46 +15,23 @@ import yaml
 
 from harness import wait_for
 from harness.compose import ROOT, offline_image, run
-from harness.locust import LocustRun, run_locust
+from harness.locust import LocustRun, under_load
 from harness.swarm import OneNodeStack, SwarmLab, lab_missing
-from service.sample import load_sample
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 STACK = yaml.safe_load((ROOT / "deploy" / "swarm" / "stack.yaml").read_text())
 USERS = 8
 
 
-# -- the stack file against compose.yaml (no Docker needed) ---------------------------------------
-
-@pytest.mark.parametrize("service", ["web", "nginx"])
-@pytest.mark.parametrize("key", ["healthcheck", "environment", "read_only", "cap_drop", "stop_signal",
-                                 "stop_grace_period", "user", "entrypoint"])
-def test_the_stack_file_says_what_compose_says(service, key):
-    if key == "environment" and service == "nginx":
-        # Swarm's nginx finds every task of the service under tasks.web; the rest is the same.
-        assert {**COMPOSE["services"]["nginx"]["environment"], "FLIP_UPSTREAM": "tasks.web:8000"} == \
-            STACK["services"]["nginx"]["environment"]
-        return
-    compose, stack = COMPOSE["services"][service].get(key), STACK["services"][service].get(key)
-    if key == "healthcheck":
-        compose, stack = dict(compose), dict(stack)
-    assert compose == stack
-
-
-@pytest.mark.parametrize("service", ["web", "nginx"])
-def test_limits_and_scratch_space_agree(service):
-    compose, stack = COMPOSE["services"][service], STACK["services"][service]
-    assert compose["deploy"]["resources"] == stack["deploy"]["resources"]
-    size = compose["tmpfs"][0].split("size=")[1]
-    tmpfs = next(volume for volume in stack["volumes"] if volume["type"] == "tmpfs")
-    assert tmpfs["target"] == "/tmp" and tmpfs["tmpfs"]["size"] == int(size[:-1]) * 1024 * 1024
-
+# -- the stack file (no Docker needed; it is generated from compose.yaml: tests/test_generated.py) --
 
 def test_the_stack_file_uses_no_key_that_swarm_ignores_or_refuses():
     # Found by deploying each: ignored with a warning, silently ignored, or refused.
     assert "name" not in STACK and "version" not in STACK
     for service in STACK["services"].values():
-        assert not {"build", "restart", "security_opt", "profiles", "depends_on", "container_name", "tmpfs"} & set(service)
+        ignored = {"build", "restart", "security_opt", "profiles", "depends_on", "container_name", "tmpfs"}
+        assert not ignored & set(service)
+    assert set(STACK["services"]) == {"web", "nginx"}
     assert STACK["services"]["web"]["deploy"]["update_config"]["order"] == "start-first"
     assert STACK["services"]["web"]["deploy"]["update_config"]["failure_action"] == "rollback"
 
@@ -67,28 +41,21 @@ def test_the_configs_are_the_files_compose_mounts():
     configs = {config["target"]: STACK["configs"][config["source"]]["file"]
                for config in STACK["services"]["nginx"]["configs"]}
     stack_dir = ROOT / "deploy" / "swarm"
+    assert len(configs) == 3
     for target, source in configs.items():
         directory = next(m for m in mounts if target.startswith(m))
-        assert (stack_dir / source).resolve() == (ROOT / mounts[directory] / target[len(directory):].lstrip("/")).resolve()
+        mounted = ROOT / mounts[directory] / target[len(directory):].lstrip("/")
+        assert (stack_dir / source).resolve() == mounted.resolve()
+
+
+def test_compose_tmpfs_is_a_sized_tmpfs_volume_in_the_stack():
+    for name in ("web", "nginx"):
+        size = COMPOSE["services"][name]["tmpfs"][0].split("size=")[1]
+        (volume,) = [v for v in STACK["services"][name]["volumes"] if v["type"] == "tmpfs"]
+        assert volume["target"] == "/tmp" and volume["tmpfs"]["size"] == int(size[:-1]) * 1024 * 1024
 
 
 # -- on Docker ------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def under_load(url: str, tmp_path: Path, seconds: int):
-    """USERS locust users post the sample for `seconds`; yields a list that holds the run after."""
-    photo = tmp_path / "sample.jpg"
-    photo.write_bytes(load_sample(None))
-    finished: list[LocustRun] = []
-    thread = threading.Thread(target=lambda: finished.append(
-        run_locust(url, "FlipUser", users=USERS, seconds=seconds, csv_prefix=tmp_path / "run", FLIP_PHOTO=str(photo))))
-    thread.start()
-    try:
-        yield finished
-    finally:
-        thread.join(timeout=seconds + 120)
-    assert finished, "locust did not finish"
-
 
 def served_by(url: str, count: int) -> collections.Counter:
     return collections.Counter(requests.get(url + "/", timeout=10).headers["X-Served-By"] for _ in range(count))
@@ -107,7 +74,8 @@ def one_node(docker_images):
         yield stack
     finally:
         stack.down()
-        assert not run(["docker", "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={stack.name}"]).stdout.strip()
+        left = run(["docker", "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={stack.name}"]).stdout
+        assert not left.strip()
 
 
 @pytest.mark.docker
@@ -223,6 +191,7 @@ def lab(docker_images):
 
 @pytest.mark.docker
 @pytest.mark.swarm
+@pytest.mark.slow
 def test_replicas_spread_over_three_nodes_and_each_serves_flips(lab):
     names = lab.node_names()
     tasks = lab.tasks("flipfleet_web")

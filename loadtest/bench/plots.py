@@ -55,9 +55,9 @@ def _burst(summary: dict, out: Path, article: dict) -> Path:
     positions = range(len(labels))
     ax.bar([p - 0.2 for p in positions], first, width=0.4, color=colours, alpha=0.55, label="first answer")
     ax.bar([p + 0.2 for p in positions], last, width=0.4, color=colours, label="last answer")
-    for p, (f, l) in enumerate(zip(first, last)):
-        ax.annotate(f"{f:.2g}", (p - 0.2, f), ha="center", va="bottom", fontsize=8)
-        ax.annotate(f"{l:.2g}", (p + 0.2, l), ha="center", va="bottom", fontsize=8)
+    for p, (first_s, last_s) in enumerate(zip(first, last, strict=True)):
+        ax.annotate(f"{first_s:.2g}", (p - 0.2, first_s), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"{last_s:.2g}", (p + 0.2, last_s), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(positions), labels, fontsize=8)
     ax.set(ylabel="seconds (log scale)", yscale="log",
            title="10 concurrent POST /flip of a ~24 MP photo: time to the first and last answer")
@@ -78,7 +78,7 @@ def _spans(summary: dict, out: Path) -> Path:
     blocks = [(label, v["spans_s"]) for label, v in blocks if v.get("spans_s")]
     fig, ax = plt.subplots(figsize=(11, 0.6 * len(blocks) + 1.8))
     spans = list(blocks[0][1]) if blocks else []
-    for index, (label, found) in enumerate(blocks):
+    for index, (_, found) in enumerate(blocks):
         left = 0.0
         for colour, span in enumerate(spans):
             width = found.get(span, 0.0)
@@ -87,7 +87,8 @@ def _spans(summary: dict, out: Path) -> Path:
         ax.annotate(f"{left:.2f} s", (left, index), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set_yticks(range(len(blocks)), [label for label, _ in blocks], fontsize=8)
     ax.set(xlabel="seconds per flip (mean over the block's flips)",
-           title="Where a flip's time goes in the replica: waiting its turn, reading, decoding, flipping, encoding, writing")
+           title="Where a flip's time goes in the replica: waiting its turn, reading, decoding, flipping, encoding, "
+                 "writing")
     ax.invert_yaxis()
     ax.legend(fontsize=8, ncol=len(spans), loc="lower right")
     fig.tight_layout()

@@ -11,7 +11,8 @@ import json
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from harness import ROOT
+
 START = "<!-- tables: python -m loadtest.bench.report --write docs/results.md; do not edit by hand -->"
 END = "<!-- end of tables -->"
 
@@ -21,7 +22,8 @@ def text(summary: dict) -> str:
     lines = [
         f"ceiling (Pillow alone, {summary['machine']['cores']} processes): median {summary['ceiling_rps']:.2f} "
         f"flips/s of samples {summary['ceiling_samples']}",
-        "replicas x flips at once | burst first / last (x ideal) | best req/s (x ceiling) at users | p50 / p95 / p99 ms | failed",
+        "replicas x flips at once | burst first / last (x ideal) | best req/s (x ceiling) at users | "
+        "p50 / p95 / p99 ms | failed",
     ]
     for label, v in _rows(summary):
         lines.append(
@@ -72,7 +74,8 @@ def markdown(summary: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, v in _rows(summary):
-        name = f"**{label} (default)**" if label == f"{default.get('replicas')} x {default.get('concurrency')}" else label
+        is_default = label == f"{default.get('replicas')} x {default.get('concurrency')}"
+        name = f"**{label} (default)**" if is_default else label
         parts.append(
             f"| {name} | {v['burst_first_s']:.2f} s / {v['burst_last_s']:.2f} s | {v['burst_last_vs_ideal']:.2f} | "
             f"{v['rps']:.2f} ({v['rps_at_users']}) | {v['rps_fraction_of_ceiling']:.2f} | "
@@ -96,7 +99,8 @@ def markdown(summary: dict) -> str:
     if summary["nginx"]:
         n = summary["nginx"]
         parts += ["", f"`GET /` over {n['requests_each']:,} requests each way: median {n['through_nginx_p50_ms']} ms "
-                      f"through nginx, {n['direct_p50_ms']} ms straight to the replica (p95 {n['through_nginx_p95_ms']} "
+                      f"through nginx, {n['direct_p50_ms']} ms straight to the replica "
+                      f"(p95 {n['through_nginx_p95_ms']} "
                       f"against {n['direct_p95_ms']} ms): nginx adds {n['nginx_adds_p50_ms']} ms."]
     return "\n".join(parts)
 

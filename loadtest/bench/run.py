@@ -119,7 +119,7 @@ class Bench:
         # Locust reads the sample from a file rather than making it again in every run.
         self.photo_path = self.out / "sample.jpg"
         self.photo_path.write_bytes(self.photo)
-        summary: dict = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        summary: dict = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                          "quick": args.quick, "machine": machine(), "settings": vars(args),
                          "article": {"published": ARTICLE_PUBLISHED, "on_two_cores_reported": ARTICLE_ON_TWO_CORES}}
         log(f"machine: {summary['machine']}")
@@ -132,7 +132,8 @@ class Bench:
         self.sample_ceiling(summary)
         summary["replicas"] = {}
         for replicas in args.replicas:
-            result = self.block(f"replicas{replicas}", replicas, args.users, FLIP_CONCURRENCY=str(defaults["concurrency"]))
+            result = self.block(f"replicas{replicas}", replicas, args.users,
+                                FLIP_CONCURRENCY=str(defaults["concurrency"]))
             result["concurrency"] = defaults["concurrency"]
             summary["replicas"][str(replicas)] = self.relate(result, summary)
         summary["gil"] = self.gil(summary) if args.gil_threads else {}
@@ -161,9 +162,8 @@ class Bench:
             for users in user_counts:
                 prefix = self.out / label / f"users{users}"
                 prefix.parent.mkdir(parents=True, exist_ok=True)
-                numbers, used = cpu_during(
-                    stack, lambda: locust_figures(stack.url, users, self.args.duration, prefix, self.photo_path)
-                )
+                numbers, used = cpu_during(stack, lambda users=users, prefix=prefix: locust_figures(
+                    stack.url, users, self.args.duration, prefix, self.photo_path))
                 numbers["cpu_s"] = used
                 runs.append(numbers)
                 log(f"  {users:>2} users: {numbers['rps']:.2f} req/s, p50 {numbers['p50_ms']:.0f} ms, "

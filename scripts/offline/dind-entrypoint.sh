@@ -11,7 +11,7 @@ if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
   sed -e 's/ / +/g' -e 's/^/+/' </sys/fs/cgroup/cgroup.controllers >/sys/fs/cgroup/cgroup.subtree_control
 else
   # cgroup v1: Docker mounts this container's part of each hierarchy read-only, as bind mounts.
-  for mount_point in $(awk '$3 == "cgroup" { print $2 }' /proc/self/mounts); do
+  awk '$3 == "cgroup" { print $2 }' /proc/self/mounts | while read -r mount_point; do
     mount -o remount,bind,rw "$mount_point"
   done
 fi
