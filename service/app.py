@@ -9,7 +9,7 @@ import re
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Flask, Response, abort, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -31,6 +31,8 @@ REFUSAL_REASON = {imaging.NotAnImage: "not_a_picture", imaging.TooLarge: "pictur
                   imaging.UnsupportedFormat: "unsupported_format", imaging.TooCostly: "picture_too_costly"}
 # A flip refused by HTTP's own rules: what the metrics call it.
 HTTP_REFUSAL_REASON = {400: "bad_request", 413: "body_too_large", 415: "unsupported_media_type"}
+# ?lossless=: whether a JPEG may be flipped in the DCT domain (the default) or must be re-encoded.
+LOSSLESS_VALUES = {"true": True, "false": False}
 # A client's request id is echoed into logs and headers, so only a safe, short one is kept.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 STARTED = time.monotonic()
@@ -83,8 +85,12 @@ def flip() -> Response:
     direction = request.args.get("direction", "vertical")
     if direction not in imaging.DIRECTIONS:
         abort(400, f"direction must be one of {', '.join(imaging.DIRECTIONS)}, not {direction!r}")
+    asked = request.args.get("lossless", "true")
+    if asked not in LOSSLESS_VALUES:
+        abort(400, f"lossless must be one of {', '.join(LOSSLESS_VALUES)}, not {asked!r}")
+    lossless = LOSSLESS_VALUES[asked]
     if _asks_for_the_sample():
-        return _flip_response(_flipped_sample(direction))
+        return _flip_response(_flipped_sample(direction, lossless))
     # waitress tells whether the client (nginx) closed the connection meanwhile.
     client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
     gate = current_app.extensions["flip_gate"]
@@ -92,7 +98,7 @@ def flip() -> Response:
         read_started = time.perf_counter()
         data = _uploaded_picture()
         read = time.perf_counter() - read_started
-        result = _record_flip(_flip(gate, turn, data, direction, client_gone), data, turn.waited, read)
+        result = _record_flip(_flip(gate, turn, data, direction, lossless, client_gone), data, turn.waited, read)
     return _flip_response(result)
 
 
@@ -108,6 +114,7 @@ def _flip_response(result: imaging.Flipped) -> Response:
     response.content_length = len(view)
     response.headers["X-Image-Size"] = f"{result.width}x{result.height}"
     response.headers["X-Image-Frames"] = str(result.frames)
+    response.headers["X-Flipfleet-Flip"] = f"{result.path}; {result.reason}" if result.reason else result.path
     if result.dropped:
         # The source's metadata the format's writer refused: the picture is flipped without it.
         response.headers["X-Flipfleet-Dropped"] = ", ".join(result.dropped)
@@ -121,18 +128,19 @@ def _asks_for_the_sample() -> bool:
     return not request.mimetype and not request.content_length and not chunked
 
 
-def _flipped_sample(direction: str) -> imaging.Flipped:
-    """The bundled sample flipped, made once per direction: a demo request that is free after the first."""
-    cache = current_app.extensions["flipped_sample"]
-    if direction not in cache:
+def _flipped_sample(direction: str, lossless: bool) -> imaging.Flipped:
+    """The bundled sample flipped, made once per direction and path: a demo request that is free
+    after the first."""
+    cache, key = current_app.extensions["flipped_sample"], (direction, lossless)
+    if key not in cache:
         # The first one is a real flip, so it takes its place in the gate like any other.
         gate = current_app.extensions["flip_gate"]
         with gate.admit(_client()) as turn, current_app.extensions["flipped_sample_lock"]:
-            if direction not in cache:
+            if key not in cache:
                 sample = load_sample(_settings().sample_path or None)
-                flipped = _run_flip(gate, turn, sample, direction, ours=True)
-                cache[direction] = _record_flip(flipped, sample, turn.waited, read=0.0)
-    return cache[direction]
+                flipped = _run_flip(gate, turn, sample, direction, lossless, ours=True)
+                cache[key] = _record_flip(flipped, sample, turn.waited, read=0.0)
+    return cache[key]
 
 
 def _record_flip(result: imaging.Flipped, data: bytes, waited: float, read: float) -> imaging.Flipped:
@@ -150,9 +158,9 @@ def metrics_page() -> Response:
     return Response(body, content_type=content_type)
 
 
-def _flip(gate: FlipGate, turn: Turn, data: bytes, direction: str, client_gone) -> imaging.Flipped:
+def _flip(gate: FlipGate, turn: Turn, data: bytes, direction: str, lossless: bool, client_gone) -> imaging.Flipped:
     try:
-        return _run_flip(gate, turn, data, direction, client_gone)
+        return _run_flip(gate, turn, data, direction, lossless, client_gone)
     except imaging.NotAnImage:
         declared = request.mimetype
         if declared.startswith("image/") and declared not in _readable_media_types():
@@ -160,7 +168,7 @@ def _flip(gate: FlipGate, turn: Turn, data: bytes, direction: str, client_gone) 
         raise
 
 
-def _run_flip(gate: FlipGate, turn: Turn, data: bytes, direction: str, client_gone=lambda: False,
+def _run_flip(gate: FlipGate, turn: Turn, data: bytes, direction: str, lossless: bool, client_gone=lambda: False,
               ours: bool = False) -> imaging.Flipped:
     """The flip, in the turn's lane. The express lane takes pictures up to its own, smaller limits
     (what the replica's memory holds beside a flip at the full ones); a larger one waits for a
@@ -170,12 +178,12 @@ def _run_flip(gate: FlipGate, turn: Turn, data: bytes, direction: str, client_go
     if ours:
         limits = dataclasses.replace(limits, max_answer_bytes=imaging.NO_LIMITS.max_answer_bytes)
     if not turn.express:
-        return gate.run(turn, imaging.flip, data, direction, limits)
+        return gate.run(turn, imaging.flip, data, direction, limits, lossless)
     try:
-        return gate.run(turn, imaging.flip, data, direction, express_limits)
+        return gate.run(turn, imaging.flip, data, direction, express_limits, lossless)
     except imaging.TooLarge:
         gate.to_queue(turn, client_gone)
-        return gate.run(turn, imaging.flip, data, direction, limits)
+        return gate.run(turn, imaging.flip, data, direction, limits, lossless)
 
 
 def _uploaded_picture() -> bytes:
@@ -238,7 +246,7 @@ def _finish(response: Response) -> Response:
     response.headers["X-Request-ID"] = request_id
     access_log.info(
         "%s replica=%s rid=%s %s %s %d %dB %.1fms",
-        datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         _replica(),
         request_id,
         request.method,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from PIL import ExifTags, Image, ImageSequence, JpegImagePlugin, UnidentifiedImageError
 
-from service import jpeg
+from service import jpeg, jpeg_lossless
 
 # Pillow format name -> media type; the only formats read and written.
 MEDIA_TYPES = {
@@ -37,6 +37,12 @@ ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 ORIENTATION = ExifTags.Base.Orientation
+# The transposes that turn a picture a quarter: width and height change places.
+QUARTER_TURNS = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90,
+                           Image.Transpose.ROTATE_270})
+# Flipped.path: the JPEG's DCT coefficients moved (nothing decoded), or the pixels decoded and
+# written again.
+LOSSLESS, RE_ENCODED = "lossless", "re-encoded"
 LOSSY_WEBP_QUALITY = 90
 JPEG_DECODER_BLOCK = 16 * 1024
 # Pillow reports damaged data through any of these, depending on the plugin: struct.error for a
@@ -170,19 +176,27 @@ class Flipped:
     spans: Spans = field(default_factory=Spans)
     # The source's metadata left out because the writer refused it (SOURCE_METADATA's names).
     dropped: tuple[str, ...] = ()
+    path: str = RE_ENCODED  # LOSSLESS or RE_ENCODED
+    # Why a JPEG was re-encoded rather than flipped losslessly ("not aligned", "asked"...); empty
+    # for a lossless flip and for the other formats, which are always re-encoded.
+    reason: str = ""
 
     @property
     def media_type(self) -> str:
         return MEDIA_TYPES[self.format]
 
 
-def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS) -> Flipped:
+def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, lossless: bool = True) -> Flipped:
     """Flip the picture in `data` and encode it again in its own format.
 
     The EXIF orientation is applied with the flip, as the one transpose that does both, so the
     result is the flip of what a viewer shows, and no orientation tag is written back. At most two
     whole copies of a frame's pixels exist at once: the decoded one and the transposed one, and
     the decoded one is freed before the encoder starts.
+
+    A JPEG is transposed in the DCT domain (service.jpeg_lossless, nothing decoded, nothing
+    lost) unless `lossless` is False or that cannot be done; Flipped.path and Flipped.reason
+    say which. Either way the pixel and scan limits are checked from the header first.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, not {direction!r}")
@@ -198,6 +212,15 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS) -
         with _pillow_reading(im), spans.timing("decode"):
             orientation = im.getexif().get(ORIENTATION, 1)
         operation = compose(ORIENTATION_TRANSPOSE.get(orientation), DIRECTIONS[direction])
+        reason = ""
+        if fmt == "JPEG":
+            if not lossless:
+                reason = "asked"
+            else:
+                flipped = _flip_jpeg_losslessly(data, im.size, operation, limits, spans, deadline)
+                if isinstance(flipped, Flipped):
+                    return flipped
+                reason = flipped
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data)
         frames, durations = _flip_frames(im, operation, limits, fmt, spans, deadline)
@@ -208,7 +231,35 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS) -
     finally:
         im.close()
     first = frames[0]
-    return Flipped(written, fmt, first.width, first.height, len(frames), spans, dropped)
+    return Flipped(written, fmt, first.width, first.height, len(frames), spans, dropped, RE_ENCODED, reason)
+
+
+def _flip_jpeg_losslessly(data, size, operation, limits, spans, deadline) -> Flipped | str:
+    """The JPEG transposed by `operation` in the DCT domain, or why it cannot be (Flipped.reason).
+
+    tjTransform is one C call that the deadline cannot interrupt: the scan limit, checked before
+    (_open), bounds its work, and the deadline is checked on both sides. Data TurboJPEG finds
+    damaged goes on to Pillow, which refuses what is truly corrupt and reads what it tolerates
+    (junk before a marker) as it always did."""
+    deadline.check()
+    try:
+        with spans.timing("flip"):
+            written = jpeg_lossless.transform(data, operation)
+    except jpeg_lossless.Unavailable:
+        return "library missing"
+    except jpeg_lossless.NotPerfect as exc:
+        return exc.reason
+    except jpeg_lossless.DamagedJpeg:
+        return "damaged"
+    deadline.check()
+    if len(written) > limits.max_answer_bytes:
+        raise TooCostly(_answer_too_large(limits.max_answer_bytes))
+    width, height = size[::-1] if operation in QUARTER_TURNS else size
+    return Flipped(written, "JPEG", width, height, 1, spans, path=LOSSLESS)
+
+
+def _answer_too_large(max_bytes: int) -> str:
+    return f"the flipped picture would be over {max_bytes:,} bytes, the largest answer; send it in a format that compresses it"
 
 
 def compose(first: Image.Transpose | None, then: Image.Transpose | None) -> Image.Transpose | None:
@@ -274,8 +325,7 @@ class _TimedWriter(io.BytesIO):
     def write(self, data) -> int:
         self.deadline.check()
         if self.tell() + len(data) > self.max_bytes:
-            raise TooCostly(f"the flipped picture would be over {self.max_bytes:,} bytes, the largest answer; "
-                            "send it in a format that compresses it")
+            raise TooCostly(_answer_too_large(self.max_bytes))
         return super().write(data)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
 import threading
 
 from PIL import ExifTags, Image
@@ -19,6 +20,7 @@ from service import jpeg
 SONAME = "libturbojpeg.so.0"
 
 # turbojpeg.h (libjpeg-turbo 2.1): transform operations, options and flags.
+TJXOP_NONE = 0
 TJXOP_HFLIP, TJXOP_VFLIP, TJXOP_TRANSPOSE, TJXOP_TRANSVERSE = 1, 2, 3, 4
 TJXOP_ROT90, TJXOP_ROT180, TJXOP_ROT270 = 5, 6, 7
 TJXOPT_PERFECT = 1
@@ -31,6 +33,7 @@ MCU_SIZES = ((8, 8), (16, 8), (16, 16), (8, 8), (8, 16), (32, 8))
 
 # Pillow's ROTATE_90 and ROTATE_270 turn counter-clockwise, TurboJPEG's clockwise.
 OPERATIONS = {
+    None: TJXOP_NONE,  # the coefficients as they are: only the markers change
     Image.Transpose.FLIP_LEFT_RIGHT: TJXOP_HFLIP,
     Image.Transpose.FLIP_TOP_BOTTOM: TJXOP_VFLIP,
     Image.Transpose.TRANSPOSE: TJXOP_TRANSPOSE,
@@ -44,8 +47,13 @@ SOF_HUFFMAN = {0xC0, 0xC1, 0xC2}
 SOF_ANY = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC share the range
 APP1, APP2 = 0xE1, 0xE2
 EXIF_HEADER = b"Exif\x00\x00"
+XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 MPF_HEADER = b"MPF\x00"
-NOT_PERFECT_MESSAGES = ("Transform is not perfect", "Could not determine subsampling type")
+# The XMP forms of the orientation, as ImageOps.exif_transpose removes them.
+XMP_ORIENTATION = (re.compile(rb'tiff:Orientation="[0-9]"'), re.compile(rb"<tiff:Orientation>[0-9]</tiff:Orientation>"))
+# TurboJPEG's error message -> NotPerfect.reason.
+NOT_PERFECT_MESSAGES = {"Transform is not perfect": "not aligned",
+                        "Could not determine subsampling type": "unusual subsampling"}
 
 
 class LosslessError(Exception):
@@ -57,7 +65,12 @@ class Unavailable(LosslessError):
 
 
 class NotPerfect(LosslessError):
-    """No lossless transform for this JPEG (size, coding or EXIF): re-encode it instead."""
+    """No lossless transform for this JPEG (size, coding or EXIF): re-encode it instead.
+    `reason` says why in a few words: "not aligned", "arithmetic coding"..."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 class DamagedJpeg(LosslessError):
@@ -142,8 +155,9 @@ def _call(fn):
 
 def _raise_error(lib, handle) -> None:
     message = lib.tjGetErrorStr2(handle).decode(errors="replace")
-    if any(text in message for text in NOT_PERFECT_MESSAGES):
-        raise NotPerfect(message)
+    for text, reason in NOT_PERFECT_MESSAGES.items():
+        if text in message:
+            raise NotPerfect(message, reason)
     kind = "warning" if lib.tjGetErrorCode(handle) == TJERR_WARNING else "error"
     raise DamagedJpeg(f"the JPEG data is damaged or truncated (libjpeg {kind}: {message})")
 
@@ -161,23 +175,24 @@ def mcu_size(data: bytes) -> tuple[int, int]:
     return _call(header)
 
 
-def transform(data: bytes, operation: Image.Transpose) -> bytes:
-    """The JPEG in `data` transformed by `operation` without loss, as a plain JPEG.
+def transform(data: bytes, operation: Image.Transpose | None) -> bytes:
+    """The JPEG in `data` transformed by `operation` (None: left as it is) without loss, as a
+    plain JPEG.
 
     Raises NotPerfect when the size is not a multiple of the MCU along the edges the operation
     moves, or for codings TurboJPEG would change (arithmetic, lossless); DamagedJpeg for corrupt
     or truncated data; Unavailable without libturbojpeg. Every APPn and COM marker is kept, less
-    the EXIF orientation and an MPO's MPF index; what follows the first EOI is dropped.
-    The orientation is removed, not applied: to turn what a viewer shows, compose it into
-    `operation`.
+    the orientation (EXIF's tag, XMP's tiff:Orientation) and an MPO's MPF index; what follows
+    the first EOI is dropped. The orientation is removed, not applied: to turn what a viewer
+    shows, compose it into `operation`.
     """
     data = bytes(data)
-    op = OPERATIONS[Image.Transpose(operation)]
+    op = OPERATIONS[None if operation is None else Image.Transpose(operation)]
     options = TJXOPT_PERFECT
     sof = _start_of_frame(data)
     if sof is not None and sof not in SOF_HUFFMAN:
         # TurboJPEG 2.1 writes Huffman-coded baseline/progressive only: not lossless for these.
-        raise NotPerfect(f"JPEG coding SOF{sof - 0xC0} is not transformed losslessly")
+        raise NotPerfect(f"JPEG coding SOF{sof - 0xC0} is not transformed losslessly", _coding(sof))
     if sof == 0xC2:
         options |= TJXOPT_PROGRESSIVE  # else TurboJPEG writes a progressive source as baseline
 
@@ -200,7 +215,7 @@ def transform(data: bytes, operation: Image.Transpose) -> bytes:
 
 
 def without_orientation(data: bytes) -> bytes:
-    """The JPEG in `data` with the orientation tag taken out of its EXIF; the rest unchanged.
+    """The JPEG in `data` with the orientation taken out of its EXIF and XMP; the rest unchanged.
     NotPerfect when the EXIF cannot be rewritten."""
     return _edit_header(bytes(data), drop_mpf=False)
 
@@ -209,8 +224,15 @@ def _start_of_frame(data: bytes) -> int | None:
     return next((marker for marker, _, _ in jpeg.segments(data) if marker in SOF_ANY), None)
 
 
+def _coding(sof: int) -> str:
+    """NotPerfect.reason for a start of frame TurboJPEG does not write."""
+    if sof >= 0xC8:
+        return "arithmetic coding"
+    return "lossless coding" if sof == 0xC3 else "hierarchical coding"
+
+
 def _edit_header(data: bytes, drop_mpf: bool) -> bytes:
-    """`data` with the EXIF orientation removed and, if `drop_mpf`, the MPF segment dropped."""
+    """`data` with the EXIF and XMP orientation removed and, if `drop_mpf`, the MPF segment dropped."""
     parts, kept_from = [], 0
     for marker, start, end in jpeg.segments(data):
         body = data[start + 4 : end]
@@ -218,6 +240,8 @@ def _edit_header(data: bytes, drop_mpf: bool) -> bytes:
             replacement = b""  # its offsets point at pictures that are not in the output
         elif marker == APP1 and body.startswith(EXIF_HEADER):
             replacement = _exif_segment_without_orientation(body)
+        elif marker == APP1 and body.startswith(XMP_HEADER):
+            replacement = _xmp_segment_without_orientation(body)
         else:
             continue
         if replacement is not None:
@@ -239,7 +263,18 @@ def _exif_segment_without_orientation(body: bytes) -> bytes | None:
         del exif[ExifTags.Base.Orientation]
         payload = exif.tobytes()
     except Exception as exc:  # Pillow's TIFF reader fails in many ways on damaged EXIF
-        raise NotPerfect(f"the EXIF data cannot be rewritten: {exc}") from exc
+        raise NotPerfect(f"the EXIF data cannot be rewritten: {exc}", "EXIF not rewritable") from exc
     if len(payload) + 2 > 0xFFFF:
-        raise NotPerfect("the EXIF data without its orientation does not fit in one segment")
+        raise NotPerfect("the EXIF data without its orientation does not fit in one segment", "EXIF not rewritable")
+    return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _xmp_segment_without_orientation(body: bytes) -> bytes | None:
+    """The APP1 segment for `body` without tiff:Orientation; None when it has none (shorter, so
+    it still fits)."""
+    payload = body
+    for pattern in XMP_ORIENTATION:
+        payload = pattern.sub(b"", payload)
+    if payload == body:
+        return None
     return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload

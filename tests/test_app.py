@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 
 from harness import wait_for
-from service import imaging
+from service import imaging, jpeg_lossless
 from service.app import create_app
 from service.config import Settings
 from service.sample import load_sample
-from tests.pictures import animation, decode, encode, picture, png_declaring
+from tests.pictures import animation, decode, encode, photo, picture, png_declaring
 
 DOWN = Image.Transpose.FLIP_TOP_BOTTOM
 
@@ -113,6 +113,32 @@ def test_no_body_flips_the_sample():
     top = flipped.crop((0, 0, 6000, 16)).tobytes()
     bottom = sample.crop((0, 3984, 6000, 4000)).transpose(DOWN).tobytes()
     assert sum(abs(a - b) for a, b in zip(top, bottom)) / len(top) < 3
+
+
+@pytest.mark.parametrize(
+    ("query", "size", "header"),
+    [
+        ("", (320, 240), "lossless"),
+        ("?lossless=true", (320, 240), "lossless"),
+        ("?lossless=false", (320, 240), "re-encoded; asked"),
+        ("?direction=horizontal", (330, 240), "re-encoded; not aligned"),  # 330 columns: not whole blocks
+    ],
+)
+def test_the_answer_says_how_a_jpeg_was_flipped(client, query, size, header):
+    if not jpeg_lossless.available():
+        pytest.skip("libturbojpeg is not installed (apt-get install libturbojpeg0)")
+    response = client.post(f"/flip{query}", data=encode(photo(size), "JPEG"), content_type="image/jpeg")
+    assert response.status_code == 200
+    assert response.headers["X-Flipfleet-Flip"] == header
+
+
+def test_other_formats_say_they_were_re_encoded(client, png):
+    assert client.post("/flip", data=png, content_type="image/png").headers["X-Flipfleet-Flip"] == "re-encoded"
+
+
+@pytest.mark.parametrize("value", ["no", "False", "1", ""])
+def test_lossless_takes_true_or_false_only(client, png, value):
+    assert_json_error(client.post(f"/flip?lossless={value}", data=png, content_type="image/png"), 400, "lossless")
 
 
 def test_unknown_direction_is_400(client, png):
@@ -299,11 +325,11 @@ def test_a_picture_too_large_for_the_express_lane_waits_its_turn_and_is_flipped(
     large = encode(picture("RGB", (600, 600)), "PNG")  # over a quarter of the fixture's 1 MP
     release, real_flip, started = threading.Event(), imaging.flip, []
 
-    def flip(data, direction, limits):
+    def flip(data, direction, limits, lossless):
         started.append((len(data), limits.max_pixels))
         if data == blocker:
             release.wait(10)
-        return real_flip(data, direction, limits)
+        return real_flip(data, direction, limits, lossless)
 
     monkeypatch.setattr(imaging, "flip", flip)
     answers = {}

@@ -90,13 +90,16 @@ def test_the_coding_is_kept(progressive):
     assert result.format == "JPEG"
 
 
-@pytest.mark.parametrize("sof", [0xC3, 0xC9, 0xCA], ids=["lossless", "arithmetic", "arithmetic progressive"])
-def test_codings_turbojpeg_would_change_are_not_perfect(sof):
+@pytest.mark.parametrize(("sof", "reason"), [
+    (0xC3, "lossless coding"), (0xC5, "hierarchical coding"), (0xC9, "arithmetic coding"), (0xCA, "arithmetic coding"),
+], ids=["lossless", "hierarchical", "arithmetic", "arithmetic progressive"])
+def test_codings_turbojpeg_would_change_are_not_perfect(sof, reason):
     # TurboJPEG 2.1 writes Huffman coding only: an arithmetic source would come out re-coded.
     data = bytearray(jpeg("4:2:0"))
     data[data.index(b"\xff\xc0") + 1] = sof
-    with pytest.raises(NotPerfect, match="is not transformed losslessly"):
+    with pytest.raises(NotPerfect, match="is not transformed losslessly") as raised:
         transform(bytes(data), DOWN)
+    assert raised.value.reason == reason
 
 
 # The largest difference from Pillow's transpose of the decoded source, by source and operation.
@@ -139,8 +142,9 @@ def test_pixels_are_pillows_transpose_of_the_source(name, operation, content):
 def test_sizes_that_do_not_allow_a_perfect_transform(size, operation, perfect):
     source = jpeg("4:2:0", size=size)
     if not perfect:
-        with pytest.raises(NotPerfect, match="not perfect"):
+        with pytest.raises(NotPerfect, match="not perfect") as raised:
             transform(source, operation)
+        assert raised.value.reason == "not aligned"
         return
     result = decode(transform(source, operation))
     assert result.size == decode(source).transpose(operation).size
@@ -188,6 +192,30 @@ def test_markers_survive_but_the_orientation():
         return [seg for seg in app_segments(data) if not seg[4:].startswith(b"Exif")]
     assert not_exif(result) == not_exif(source)
     assert len(app_segments(result)) == len(app_segments(source))
+
+
+@pytest.mark.parametrize("size", [SIZE, (250, 250)], ids=["aligned", "not aligned"])
+def test_no_operation_leaves_the_coefficients_and_takes_out_the_orientation(size):
+    plain = jpeg("4:2:0", size=size)
+    oriented = jpeg("4:2:0", size=size, exif=exif(Orientation=3, Make="Acme").tobytes())
+    assert transform(plain, None) == plain
+    result = transform(oriented, None)
+    assert dict(decode(result).getexif()) == {ExifTags.Base.Make: "Acme"}
+    assert decode(result).tobytes() == decode(oriented).tobytes()
+
+
+# Pillow takes the orientation from XMP when the EXIF has none; left there, a viewer reading XMP
+# would turn the picture again.
+@pytest.mark.parametrize("xmp", [
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>',
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/"><tiff:Orientation>6</tiff:Orientation></rdf:Description>',
+], ids=["attribute", "element"])
+def test_the_xmp_orientation_is_taken_out_too(xmp):
+    source = jpeg("4:2:0", xmp=b"<x:xmpmeta xmlns:x='adobe:ns:meta/'>" + xmp + b"</x:xmpmeta>")
+    assert decode(source).getexif()[ExifTags.Base.Orientation] == 6
+    result = transform(source, DOWN)
+    assert ExifTags.Base.Orientation not in decode(result).getexif()
+    assert b"Orientation" not in decode(result).info["xmp"] and b"rdf:Description" in decode(result).info["xmp"]
 
 
 def test_an_exif_without_orientation_is_kept_byte_for_byte():
