@@ -19,7 +19,7 @@ UP_TIMEOUT_S = 180
 # nginx's log_format flipfleet (nginx/nginx.conf.template).
 NGINX_ACCESS = re.compile(
     r'rid=(?P<rid>\S+) "(?P<request>[^"]*)" (?P<status>\d{3}) \d+ upstream=(?P<upstreams>.*?) '
-    r"upstream_status=(?P<upstream_statuses>.*?) upstream_time="
+    r"upstream_status=(?P<upstream_statuses>.*?) upstream_time=(?P<upstream_times>.*?) time="
 )
 
 
@@ -86,10 +86,9 @@ def offline_image(name: str, official: str) -> str:
 
 
 def compose_base(project: str | None = None, overrides: tuple[Path, ...] = ()) -> list[str]:
-    """`docker compose` with the env file, the project name, and compose.yaml plus `overrides`."""
-    command = ["docker", "compose"]
-    if env_file():
-        command += ["--env-file", str(env_file())]
+    """`docker compose` with the env file, the project name, and compose.yaml plus `overrides`.
+    Always an env file: the .env that scripts/up.sh writes must not reach a test's stack."""
+    command = ["docker", "compose", "--env-file", str(env_file() or os.devnull)]
     if project:
         command += ["-p", project]
     if overrides:
@@ -228,13 +227,14 @@ class Stack:
 
     def nginx_requests(self) -> list[dict]:
         """nginx's access log, a dict per request: request, status, and the replicas tried in order
-        (`upstreams`, `upstream_statuses`: two entries when nginx retried on another replica)."""
+        (`upstreams`, `upstream_statuses`, `upstream_times`: one entry per replica tried)."""
         found = []
         for match in NGINX_ACCESS.finditer(self.logs("nginx")):
             entry = match.groupdict()
             entry["status"] = int(entry["status"])
             entry["upstreams"] = entry["upstreams"].split(", ")
             entry["upstream_statuses"] = entry["upstream_statuses"].split(", ")
+            entry["upstream_times"] = [float(t) if t != "-" else None for t in entry["upstream_times"].split(", ")]
             found.append(entry)
         return found
 

@@ -96,6 +96,7 @@ render() {
   # shellcheck disable=SC2016
   placeholders=$(grep -o '\${[A-Z_]*}' "$template" | sort -u | tr -d '\n')
   REPLICAS=$1 MAX_CONNS=$max_conns ADMITTED_LARGE=$large ADMITTED_SMALL=$small REAL_IP=$real_ip \
+    CLIENT_SLOTS=$((FLIP_CLIENT_SHARE + $3)) \
     ANSWER_BUFFERS="${answer_buffers[0]} ${answer_buffers[1]}k" FLIP_MAX_BYTES_TEXT=$(with_commas "$FLIP_MAX_BYTES") \
     envsubst "$placeholders" <"$template" >"$out.new"
   mv "$out.new" "$out"
@@ -111,9 +112,9 @@ instances_now() {
   local n; n=$(listed "$NGINX_PEERS"); echo $((n > 0 ? n : ${1:-$NGINX_INSTANCES}))
 }
 
-# A reloaded config admits one large body more: an old worker frees a finished request's slot a
-# moment after its client has the answer, and the client's next request reaches the new worker
-# first. A first start has no old worker.
+# A reloaded config admits one large body more, and one more from each client: an old worker
+# frees a finished request's slot a moment after its client has the answer, and the client's next
+# request reaches the new worker first. A first start has no old worker.
 reload() {
   render "$1" "$2" 1
   nginx -t -q -c "$out" -e stderr && nginx -s reload -c "$out" -e stderr
@@ -130,9 +131,12 @@ follow() {
 
 case ${1-} in
   --plan)
+    plan "$WEB_REPLICAS" "$NGINX_INSTANCES" 1
+    after_reload=$need
     plan "$WEB_REPLICAS" "$NGINX_INSTANCES" 0
     printf '%s\n' "MAX_CONNS=$max_conns" "ADMITTED_LARGE=$large" "ADMITTED_SMALL=$small" "NEEDED_BYTES=$need" \
-      "MEMORY_LIMIT_BYTES=$(memory_limit || true)" "CLIENT_SHARE=$FLIP_CLIENT_SHARE" ;;
+      "NEEDED_AFTER_RELOAD_BYTES=$after_reload" "MEMORY_LIMIT_BYTES=$(memory_limit || true)" \
+      "CLIENT_SHARE=$FLIP_CLIENT_SHARE" ;;
   --render-only) render "$WEB_REPLICAS" "$NGINX_INSTANCES" 0 ;;
   --reload) reload "$(replicas_now)" "$(instances_now)" ;;
   *)

@@ -1,12 +1,31 @@
 # shellcheck shell=bash
 # Shared by scripts/up.sh and scripts/swarm-*.sh (sourced, from the repo root).
 
+# The CPUs the engine's containers can use: the engine's own count, or less when the engine runs
+# under a CPU quota (its cgroup's cpu.max, or cpu.cfs_quota_us on cgroup v1), rounded up.
+# (PROC_ROOT and CGROUP_ROOT: other roots, for tests/test_scripts.py.)
+engine_cpus() {
+  local cpus quota period pid cgroup proc=${PROC_ROOT:-/proc} root=${CGROUP_ROOT:-/sys/fs/cgroup}
+  cpus=$(docker info --format '{{.NCPU}}')
+  pid=$(pgrep -xo dockerd 2>/dev/null) || { echo "$cpus"; return; }
+  cgroup=$(awk -F: '$2 == "" || $2 ~ /(^|,)cpu(,|$)/ { print $3; exit }' "$proc/$pid/cgroup" 2>/dev/null)
+  if read -r quota period 2>/dev/null <"$root$cgroup/cpu.max"; then :
+  elif read -r quota 2>/dev/null <"$root/cpu$cgroup/cpu.cfs_quota_us"; then
+    read -r period <"$root/cpu$cgroup/cpu.cfs_period_us"
+  fi
+  if [[ ${quota:-max} =~ ^[0-9]+$ && ${period:-0} -gt 0 ]]; then
+    cpus=$(( (quota + period - 1) / period < cpus ? (quota + period - 1) / period : cpus ))
+  fi
+  echo "$cpus"
+}
+
 # ENV_ARGS: nothing when the official images named here (and the base images) are present or can
 # be pulled; else the local stand-ins are built and ENV_ARGS is (--env-file .env.offline), whose
 # names are also exported for the commands that read no env file (docker stack deploy).
+# OFFLINE_IMAGES: their NAME=image lines, for .env (scripts/up.sh).
 choose_images() {
   local images=("${PYTHON_IMAGE:-python:3.13-slim}" "${NGINX_IMAGE:-nginx:1.29}" "$@")
-  ENV_ARGS=()
+  ENV_ARGS=() OFFLINE_IMAGES=()
   if docker image inspect "${images[@]}" >/dev/null 2>&1 || pull_all "${images[@]}"; then
     echo "${0##*/}: using ${images[*]}" >&2
     return
@@ -14,10 +33,41 @@ choose_images() {
   echo "${0##*/}: the official images cannot be pulled; building local stand-ins" >&2
   bash scripts/offline-images.sh .env.offline
   ENV_ARGS=(--env-file .env.offline)
+  # shellcheck disable=SC2034  # read by scripts/up.sh
+  mapfile -t OFFLINE_IMAGES < <(grep -E '^[A-Z_]+=' .env.offline)
   set -a
   # shellcheck disable=SC1091
   . ./.env.offline
   set +a
+}
+
+# `nginx_memory_for REPLICAS`: a memory limit for nginx that holds what REPLICAS replicas hold
+# (nginx/entrypoint.sh --plan, after a reload), rounded up to 64 MiB.
+nginx_memory_for() {
+  local need blocks
+  need=$(FLIPFLEET_DEFAULTS=service/defaults.env FLIP_UPSTREAM=web:8000 NGINX_RESOLVER=127.0.0.11 \
+    WEB_REPLICAS=$1 NGINX_MEMORY_BYTES=$((1 << 40)) bash nginx/entrypoint.sh --plan |
+    awk -F= '$1 == "NEEDED_AFTER_RELOAD_BYTES" { print $2 }')
+  blocks=$(((need + (64 << 20) - 1) / (64 << 20)))
+  echo "$((blocks * 64))m"
+}
+
+# `remember NAME=VALUE...`: keep these in .env, which plain `docker compose` reads, in a block of
+# their own (the rest of the file is left as it is). `remembered NAME`: a value .env gives outside it.
+UP_BLOCK_BEGIN="# >>> written by scripts/up.sh: what it chose"
+UP_BLOCK_END="# <<< written by scripts/up.sh"
+remember() {
+  [[ -f .env ]] || : >.env
+  awk -v begin="$UP_BLOCK_BEGIN" -v end="$UP_BLOCK_END" \
+    '$0 == begin { skip = 1 } !skip { print } $0 == end { skip = 0 }' .env >.env.new
+  printf '%s\n' "$UP_BLOCK_BEGIN" "$@" "$UP_BLOCK_END" >>.env.new
+  mv .env.new .env
+}
+remembered() {
+  [[ -f .env ]] || return 0
+  awk -v begin="$UP_BLOCK_BEGIN" -v end="$UP_BLOCK_END" -v name="$1" -F= \
+    '$0 == begin { skip = 1 } !skip && $1 == name { value = substr($0, length(name) + 2) } $0 == end { skip = 0 }
+     END { printf "%s", value }' .env
 }
 
 pull_all() {

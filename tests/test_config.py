@@ -11,10 +11,11 @@ from service.config import DEFAULTS_FILE, ConfigError, Settings, read_env_file
 def test_defaults_are_safe():
     settings = Settings.from_env({})
     assert settings.host == "127.0.0.1"  # reachable only from this machine unless told
-    assert settings.port == 8000
-    assert settings.max_bytes == 25 * 1024 * 1024
-    assert settings.max_pixels == 50_000_000
-    assert (settings.concurrency, settings.queue) == (1, 8)
+    assert settings.concurrency == 1  # the replicas are the parallelism
+    # The article's burst of 10 from one client is held whole by one replica, and fits one
+    # client's share; no client holds more than the queue.
+    assert settings.client_share <= settings.queue and 10 <= settings.client_share
+    assert settings.max_seconds < 60  # within nginx's wait for an answer
 
 
 def test_every_setting_has_one_default_and_the_file_holds_only_settings():

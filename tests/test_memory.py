@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import os
 import random
 import re
 import threading
+import time
 
 import pytest
 import yaml
 from PIL import Image
 
-from harness import ROOT, client, usage
+from harness import ROOT, alongside, client, usage
 from harness.compose import size
+from harness.locust import run_locust
 from service import memory
 from service.config import Settings
+from service.sample import load_sample
 
 
 def compose_web_limit() -> int:
@@ -98,3 +102,44 @@ def test_a_replica_at_its_worst_case_stays_under_its_memory_limit(stack):
     assert side[0]["flips"] > 0
     assert flipfleet.restart_count(replica) == 0
     assert peak < limit
+
+
+# Five minutes of load; at least 70 s, since the first window ends at 60 s.
+SOAK_SECONDS = max(70, int(os.environ.get("FLIPFLEET_SOAK_SECONDS", "300")))
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_memory_stays_flat_under_steady_load(stack, tmp_path):
+    flipfleet = stack(2)
+    replicas = flipfleet.container_ids()
+    photo = tmp_path / "sample.jpg"
+    photo.write_bytes(load_sample(None))
+    # A replica's memory swings by a photo's worth within each flip, so compare the highest
+    # sample of a 10 s window after the first minute with the highest of the last 10 s.
+    samples: dict[str, list[tuple[float, int]]] = {c: [] for c in replicas}
+
+    def sample(stop: threading.Event) -> None:
+        started = time.monotonic()
+        while not stop.wait(0.5):
+            for container in replicas:
+                samples[container].append((time.monotonic() - started, usage.memory(container)["anon"]))
+
+    with alongside(sample):
+        run = run_locust(flipfleet.url, "FlipUser", users=4, seconds=SOAK_SECONDS, csv_prefix=tmp_path / "soak",
+                         FLIP_PHOTO=str(photo))
+    flips = run.figures("/flip")
+    assert run.exit_code == 0 and flips["failures"] == 0 and flips["requests"] > 0, flips
+    assert max(at for at, _ in samples[replicas[0]]) >= SOAK_SECONDS - 5, "memory samples stopped early"
+
+    def highest(container: str, start: float, end: float) -> int:
+        return max(anon for at, anon in samples[container] if start <= at < end)
+
+    last = max(at for at, _ in samples[replicas[0]])
+    after_a_minute = {c: highest(c, 50, 60) for c in replicas}
+    at_end = {c: highest(c, last - 10, last + 1) for c in replicas}
+    growth = {c[:12]: at_end[c] / after_a_minute[c] - 1 for c in replicas}
+    print(f"{SOAK_SECONDS} s of 4 users: replica memory (highest in 10 s) after 1 min -> at the end: " + ", ".join(
+        f"{c[:12]} {after_a_minute[c] / 2**20:.0f} -> {at_end[c] / 2**20:.0f} MiB ({growth[c[:12]]:+.1%})"
+        for c in replicas))
+    assert all(abs(change) <= 0.20 for change in growth.values()), growth

@@ -14,6 +14,7 @@ from harness import wait_for
 from harness.compose import ROOT, offline_image, run
 from harness.locust import run_locust
 from loadtest.bench.latency import probe
+from service.config import Settings
 from service.sample import load_sample
 
 pytestmark = pytest.mark.docker
@@ -79,9 +80,9 @@ def test_the_exporter_counts_what_nginx_serves_and_the_rules_are_loaded(monitore
 
 @pytest.mark.slow
 def test_light_requests_and_metrics_stay_quick_while_every_queue_is_full(stack, tmp_path):
-    # One address stands in for 16 clients here: no per-client share.
-    flipfleet = stack(2, DIRECT, FLIP_CLIENT_SHARE="16")
-    users = 2 * 8  # 2 replicas x FLIP_QUEUE: every place in every queue taken
+    # One address stands in for every client here: no per-client share.
+    users = 2 * Settings.from_env({}).queue  # 2 replicas x FLIP_QUEUE: every place in every queue taken
+    flipfleet = stack(2, DIRECT, FLIP_CLIENT_SHARE=str(users))
     replica = flipfleet.published_port("web", 8000)
     photo = tmp_path / "sample.jpg"
     photo.write_bytes(load_sample(None))

@@ -1,0 +1,26 @@
+"""Checks that several test modules make of an answer."""
+
+import re
+
+
+def assert_json_503(status: int | None, headers, body: bytes) -> None:
+    """nginx's (or a replica's) refusal: JSON in the service's shape, Retry-After, security headers."""
+    assert status == 503, (status, body[:300])
+    assert headers["Content-Type"] == "application/json"
+    assert b'"status":503' in body.replace(b" ", b"")
+    assert headers["Retry-After"] == "1"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+JSON_503 = re.compile(r'status 503, not 200 \(Retry-After: 1\): \{"error":"[^"]*","status":503\}')
+
+
+def failures_of_a_kill(errors: dict[str, int]) -> tuple[int, int, dict[str, int]]:
+    """A locust run's /flip errors split into what a killed replica may cost: answers cut while it
+    sent them, its flips refused with nginx's JSON 503 and Retry-After (never sent on: a flip that
+    reached a replica may be what killed it), and anything else (which no kill explains)."""
+    cut = sum(count for error, count in errors.items() if "Incomplete response" in error)
+    refused = sum(count for error, count in errors.items() if JSON_503.search(error))
+    other = {error: count for error, count in errors.items()
+             if "Incomplete response" not in error and not JSON_503.search(error)}
+    return cut, refused, other
