@@ -22,7 +22,7 @@ from locust import FastHttpUser, constant, constant_throughput, events, task
 from locust.runners import MasterRunner
 from PIL import Image, UnidentifiedImageError
 
-from service.imaging import MEDIA_TYPES, ORIENTATION
+from service.imaging import MEDIA_TYPES, ORIENTATION  # the import registers Pillow's HEIC reader too
 from service.sample import make_sample
 
 # A full decode of the 24 MP sample costs ~100 ms of CPU here, taken from the cores the service

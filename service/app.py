@@ -211,7 +211,9 @@ def _uploaded_picture() -> bytes:
 
 def _readable_media_types() -> set[str]:
     # Aliases that clients send for the same formats.
-    return set(imaging.MEDIA_TYPES.values()) | {"image/jpg", "image/pjpeg", "image/x-ms-bmp", "image/x-png"}
+    return set(imaging.MEDIA_TYPES.values()) | {"image/jpg", "image/pjpeg", "image/x-ms-bmp", "image/x-png",
+                                                "image/heif", "image/heic-sequence", "image/heif-sequence",
+                                                "image/avif-sequence"}
 
 
 def _settings() -> Settings:

@@ -269,12 +269,17 @@ def _exif_segment_without_orientation(body: bytes) -> bytes | None:
     return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
 
 
+def xmp_without_orientation(xmp: bytes) -> bytes:
+    """The XMP packet `xmp` without its tiff:Orientation."""
+    for pattern in XMP_ORIENTATION:
+        xmp = pattern.sub(b"", xmp)
+    return xmp
+
+
 def _xmp_segment_without_orientation(body: bytes) -> bytes | None:
     """The APP1 segment for `body` without tiff:Orientation; None when it has none (shorter, so
     it still fits)."""
-    payload = body
-    for pattern in XMP_ORIENTATION:
-        payload = pattern.sub(b"", payload)
+    payload = xmp_without_orientation(body)
     if payload == body:
         return None
     return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload

@@ -100,6 +100,29 @@ def test_answer_is_in_the_format_sent(client, fmt, media_type):
     assert decode(response.data).format == fmt
 
 
+@pytest.mark.parametrize(
+    ("fmt", "content_type", "answer_type"),
+    [("HEIF", "image/heic", "image/heic"), ("HEIF", "image/heif", "image/heic"),
+     ("HEIF", "image/heic-sequence", "image/heic"), ("AVIF", "image/avif", "image/avif"),
+     ("AVIF", "image/avif-sequence", "image/avif")],
+)
+def test_heic_and_avif_are_flipped(client, fmt, content_type, answer_type):
+    response = client.post("/flip", data=encode(photo((64, 48)), fmt, quality=90), content_type=content_type)
+    assert response.status_code == 200
+    assert response.mimetype == answer_type
+    assert decode(response.data).format == fmt
+    assert response.headers["X-Flipfleet-Flip"] == "re-encoded"
+
+
+# A type the service reads, so the damage is the picture's (400), not an unsupported type (415).
+@pytest.mark.parametrize("content_type", ["image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence",
+                                          "image/avif", "image/avif-sequence"])
+def test_a_damaged_heic_or_avif_is_a_json_400(client, content_type):
+    fmt = "AVIF" if "avif" in content_type else "HEIF"
+    data = encode(photo((64, 48)), fmt, quality=90)
+    assert_json_error(client.post("/flip", data=data[: len(data) // 2], content_type=content_type), 400, "damaged")
+
+
 def test_no_body_flips_the_sample():
     client = create_app(Settings.from_env({})).test_client()  # the default limits: the sample is 24 MP
     response = client.post("/flip")

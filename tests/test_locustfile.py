@@ -12,7 +12,7 @@ from PIL import Image
 
 from harness.locust import LocustRun, run_locust
 from harness.service import running_service
-from service.imaging import ORIENTATION
+from service.imaging import ORIENTATION  # also registers the HEIC reader and writer
 
 PHOTO_SIZE = (64, 48)
 ROTATE_270 = 6  # EXIF orientation: a viewer turns the picture a quarter turn, 64x48 -> 48x64
@@ -105,6 +105,18 @@ def test_flip_user_alone_expects_the_exif_turned_size(service, tmp_path, turned_
                      FLIP_PHOTO=str(turned_photo), FLIP_VERIFY="full")
     assert_clean(run, "/flip")
     assert "/" not in run.stats
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_flip_user_sends_what_phones_send(service, tmp_path, fmt):
+    # Written turned, as a phone does: the container's rotation, which both readers apply or report.
+    exif = Image.Exif()
+    exif[ORIENTATION] = ROTATE_270
+    photo = tmp_path / f"turned.{'heic' if fmt == 'HEIF' else 'avif'}"
+    photo.write_bytes(encoded(Image.new("RGB", PHOTO_SIZE, "teal"), fmt, exif=exif, quality=90))
+    run = run_locust(service.url, "FlipUser", users=1, seconds=3, csv_prefix=tmp_path / "run",
+                     FLIP_PHOTO=str(photo), FLIP_VERIFY="full")
+    assert_clean(run, "/flip")
 
 
 def test_wrong_answers_are_failures(liar, tmp_path, turned_photo):
