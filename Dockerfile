@@ -13,6 +13,11 @@ RUN /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requi
     && /opt/venv/bin/pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}
+# TurboJPEG for lossless JPEG flips (service/jpeg_lossless.py, through ctypes). First: it changes
+# least, so a change below it never runs apt-get again.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libturbojpeg0 \
+    && rm -rf /var/lib/apt/lists/*
 # MALLOC_ARENA_MAX: two glibc arenas instead of 8 per core, which together with Pillow's kept
 # blocks held memory flat under steady load. MALLOC_MMAP_THRESHOLD_: bodies and answers over
 # 8 MiB get pages of their own, handed back when freed; glibc's sliding threshold otherwise puts
