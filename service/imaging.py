@@ -61,6 +61,18 @@ LOSSY_HEIF_QUALITY = LOSSY_AVIF_QUALITY = 90
 # 6: 0.8 s instead of 4.8 s, 4 % larger. Measured on a 2-core machine: the default
 # FLIP_MAX_SECONDS is 10.
 HEIF_PRESET = "ultrafast"
+# HEIC written as a grid of tiles of this size, as iPhones write it: x265 encodes one tile at a
+# time, in a fifth of the memory of the whole picture at once (and a third faster).
+HEIF_TILE = 512
+# The pixel limits are set for a flip holding two copies of a picture at 4 bytes a pixel, the
+# decoded one and the flipped one (service/memory.py works out a replica's memory from them).
+# The HEIC and AVIF encoders hold more: at its peak, a flip of a 12 MP photo held this many bytes
+# a pixel ((format, with alpha) -> bytes; python -m loadtest.overhead measures it). HEIC with
+# alpha is written as one image, not tiles. Such a picture's pixels count that many times 1/8
+# each against FLIP_MAX_PIXELS and FLIP_MAX_TOTAL_PIXELS, so that the memory worked out holds.
+LIMITS_BYTES_PER_PIXEL = 8
+PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False): 32, ("AVIF", True): 36}
+ALPHA_MODES = frozenset({"RGBA", "LA", "RGBa", "La", "PA"})
 AVIF_SPEED = 8
 JPEG_DECODER_BLOCK = 16 * 1024
 # Pillow reports damaged data through any of these, depending on the plugin: struct.error for a
@@ -416,11 +428,20 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
 def _check_pixels(im: Image.Image, limits: Limits) -> None:
     """Refuse from the header alone, before anything is decoded."""
     width, height = im.size
-    if width * height > limits.max_pixels:
+    weight = pixel_weight(im)
+    if width * height * weight > limits.max_pixels:
+        heavier = (f" for {im.format} pictures{' with alpha' if im.mode in ALPHA_MODES else ''}: flipping them takes "
+                   f"{weight:g} times the memory a pixel" if weight > 1 else "")
         raise TooLarge(
             f"the picture is {width}x{height} = {width * height:,} pixels; "
-            f"the limit is {limits.max_pixels:,}"
+            f"the limit is {int(limits.max_pixels / weight):,}{heavier}"
         )
+
+
+def pixel_weight(im: Image.Image) -> float:
+    """How many pixels each of `im`'s counts for against the pixel limits (PEAK_BYTES_PER_PIXEL)."""
+    peak = PEAK_BYTES_PER_PIXEL.get((im.format, im.mode in ALPHA_MODES), LIMITS_BYTES_PER_PIXEL)
+    return max(1.0, peak / LIMITS_BYTES_PER_PIXEL)
 
 
 def _flip_frames(im, operation, limits, fmt, spans, deadline):
@@ -433,7 +454,7 @@ def _flip_frames(im, operation, limits, fmt, spans, deadline):
         if index >= limits.max_frames:
             raise TooLarge(f"the animation has more than {limits.max_frames} frames")
         _check_pixels(frame, limits)
-        total_pixels += frame.width * frame.height
+        total_pixels += frame.width * frame.height * pixel_weight(frame)
         if total_pixels > limits.max_total_pixels:
             raise TooLarge(
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"
@@ -647,7 +668,7 @@ def _heif_params(im, data) -> dict:
     # pillow-heif takes the XMP (its orientation already removed on reading), the NCLX colour
     # description and the grid's tile size from each frame's own info; thumbnails are made anew
     # from the flipped pixels, at the sizes the source's had.
-    params = {"quality": LOSSY_HEIF_QUALITY, "enc_params": {"preset": HEIF_PRESET}}
+    params = {"quality": LOSSY_HEIF_QUALITY, "enc_params": {"preset": HEIF_PRESET}, "tile_size": HEIF_TILE}
     if im.info.get("chroma"):
         params["chroma"] = im.info["chroma"]
     return params

@@ -1002,17 +1002,22 @@ def test_heic_and_avif_frames_are_all_flipped(fmt):
             assert flipped.info["duration"] == timing["duration"][index]
 
 
+# Each pixel counts for this many against the pixel limits (imaging.PEAK_BYTES_PER_PIXEL / 8).
+WEIGHTS = {"HEIF": 1.25, "AVIF": 4}
+
+
 @pytest.mark.parametrize("fmt", PHONE_FORMATS)
 @pytest.mark.parametrize(
     ("limits", "message"),
     [
-        (replace(imaging.NO_LIMITS, max_pixels=64 * 48 - 1), "pixels"),
-        (replace(imaging.NO_LIMITS, max_frames=2), "more than 2 frames"),
-        (replace(imaging.NO_LIMITS, max_total_pixels=2 * 64 * 48), "add up"),
+        (lambda weight: replace(imaging.NO_LIMITS, max_pixels=int(64 * 48 * weight) - 1), "pixels"),
+        (lambda weight: replace(imaging.NO_LIMITS, max_frames=2), "more than 2 frames"),
+        (lambda weight: replace(imaging.NO_LIMITS, max_total_pixels=int(2 * 64 * 48 * weight)), "add up"),
     ],
     ids=["pixels", "frames", "total pixels"],
 )
 def test_heic_and_avif_limits_are_checked_before_decoding(monkeypatch, fmt, limits, message):
+    limits = limits(WEIGHTS[fmt])
     frames = [photo((64, 48))] * 3
     source = encode(frames[0], fmt, quality=90, save_all=True, append_images=frames[1:])
     decoded = []
@@ -1022,6 +1027,60 @@ def test_heic_and_avif_limits_are_checked_before_decoding(monkeypatch, fmt, limi
     with pytest.raises(imaging.TooLarge, match=message):
         imaging.flip(source, limits=limits)
     assert set(decoded) == {"pixels": set(), "more than 2 frames": {0, 1}, "add up": {0, 1}}[message]
+
+
+@pytest.mark.parametrize("fmt", PHONE_FORMATS)
+def test_heic_and_avif_pixels_count_for_the_memory_their_flips_take(fmt):
+    source = _phone_picture(fmt, photo((64, 48)))
+    weighted = int(64 * 48 * WEIGHTS[fmt])
+    assert imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=weighted)).format == fmt
+    with pytest.raises(imaging.TooLarge, match=f"the limit is {int((weighted - 1) / WEIGHTS[fmt]):,} for {fmt}"):
+        imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=weighted - 1))
+
+
+PHONE_PEAK_SCRIPT = """
+import io, sys
+from pathlib import Path
+from PIL import Image
+from service import imaging
+
+def status(field):
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return int(next(line for line in lines if line.startswith(field + ":")).split()[1]) * 1024
+
+data = Path(sys.argv[1]).read_bytes()
+# Warm, with a small picture of the same kind: imports and codecs loaded, and nothing of the
+# measured one's size left in the heap for it to reuse.
+im = Image.open(io.BytesIO(data))
+small = io.BytesIO()
+Image.effect_noise((64, 48), 64).convert(im.mode).save(small, im.format, quality=90)
+imaging.flip(small.getvalue())
+Path("/proc/self/clear_refs").write_text("5")  # the high-water mark from here on
+before = status("VmRSS")
+imaging.flip(data)
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("HEIF", "RGB"), ("HEIF", "RGBA"), ("AVIF", "RGB"), ("AVIF", "RGBA")])
+def test_a_heic_or_avif_flip_holds_at_most_the_memory_its_pixels_count_for(tmp_path, fmt, mode):
+    # In a process of its own, as the replica runs (glibc's settings of the image): what one flip
+    # holds at once above what the process held before it.
+    size = (2016, 1512)  # 3 MP, a quarter of a phone's photo
+    picture = decode(make_sample(*size)).convert("RGB")
+    if mode == "RGBA":
+        picture.putalpha(picture.convert("L"))
+    source = tmp_path / "phone"
+    source.write_bytes(encode(picture, fmt, **imaging._FORMAT_PARAMS[fmt](picture, b"")))  # the fast settings
+    environment = {**os.environ, "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "8388608"}
+    done = subprocess.run([sys.executable, "-c", PHONE_PEAK_SCRIPT, str(source)], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent, env=environment)
+    assert done.returncode == 0, done.stderr
+    peak, pixels = int(done.stdout), size[0] * size[1]
+    allowed = imaging.PEAK_BYTES_PER_PIXEL[fmt, mode == "RGBA"]
+    print(f"{fmt} {mode}: one flip of {pixels / 1e6:.1f} MP held {peak / 2**20:.0f} MiB at most, "
+          f"{peak / pixels:.1f} bytes a pixel (counted as {allowed})")
+    assert peak < allowed * pixels + 16 * 2**20  # and the codecs' fixed buffers
 
 
 def _damaged_phone_pictures() -> dict[str, bytes]:
