@@ -1,16 +1,23 @@
-"""What the service costs above Pillow's own work, for the sample photo.
+"""What the service costs above Pillow's own work, for the sample photo; and each format's paths.
 
-    python -m loadtest.overhead [--rounds N]
+    python -m loadtest.overhead [--rounds N] [--format-rounds N]
 
 Interleaves, round by round so that machine noise hits all alike: Pillow alone (decode, flip,
 encode with the source's tables), service.imaging.flip, one POST /flip of the same bytes to
 `python -m service` (waitress) on loopback, and what the Prometheus metrics record for a flip.
-Prints each median and the ratios.
+Prints each median and the ratios. These flips re-encode (?lossless=false), the same work as
+Pillow alone: the ratios are what the service adds to it.
 
 The in-process work runs on a worker thread, as waitress runs the app, with Pillow keeping its
 freed image blocks as the service does. Without those blocks kept, the same calls on the main
 thread were 1.5x slower (glibc mapped fresh pages for every picture there); the last line shows
 the main thread for comparison.
+
+Then, per format (the sample JPEG; HEIC and AVIF made from it at a phone's 12 MP), side by
+side: Pillow alone, imaging.flip re-encoding, and for JPEG the lossless path, each timed the
+same way (medians over --format-rounds), with its peak memory: how far a fresh process's
+resident memory rises above what it holds before the flip, for one flip (no Pillow blocks kept,
+glibc set as the image sets it: loadtest.memory.IMAGE_ENV).
 """
 
 from __future__ import annotations
@@ -19,13 +26,19 @@ import argparse
 import concurrent.futures
 import http.client
 import io
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.parse
+from pathlib import Path
 
 from PIL import Image, JpegImagePlugin
 
 from harness.service import running_service
+from loadtest.memory import IMAGE_ENV
 from service import imaging
 from service.config import Settings
 from service.imaging import keep_image_memory
@@ -44,7 +57,7 @@ def pillow_alone(data: bytes) -> bytes:
 
 def post_flip(connection: http.client.HTTPConnection, data: bytes) -> float:
     """POST the picture; return the app's own time from X-Response-Time, in seconds."""
-    connection.request("POST", "/flip", body=data, headers={"Content-Type": "image/jpeg"})
+    connection.request("POST", "/flip?lossless=false", body=data, headers={"Content-Type": "image/jpeg"})
     response = connection.getresponse()
     body = response.read()
     if response.status != 200:
@@ -90,7 +103,13 @@ def metrics_per_flip(rounds: int = 2000) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="measured rounds (default 15)")
+    parser.add_argument("--format-rounds", type=int, default=5,
+                        help="measured rounds of the per-format comparison (default 5)")
+    parser.add_argument("--peak-of", nargs=2, metavar=("PATH_NAME", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.peak_of:
+        _measure_peak(args.peak_of[0], Path(args.peak_of[1]))
+        return 0
 
     data = make_sample()
     keep_image_memory(Settings.from_env({}).pillow_blocks)  # as `python -m service` does
@@ -103,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "metrics": []}
         measures = {
             "pillow": lambda: worker.submit(timed, pillow_alone, data).result(),
-            "imaging": lambda: worker.submit(timed, imaging.flip, data).result(),
+            "imaging": lambda: worker.submit(timed, re_encoded, data).result(),
             "http": lambda: timed_post(connection, data),
             "main": lambda: timed(pillow_alone, data),
             "metrics": lambda: metrics_per_flip(200),
@@ -125,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     median = {name: statistics.median(values) * 1000 for name, values in times.items()}
     print(f"Pillow alone, decode+flip+encode   median {median['pillow']:7.1f} ms")
-    print(f"service.imaging.flip               median {median['imaging']:7.1f} ms"
+    print(f"service.imaging.flip, re-encoding  median {median['imaging']:7.1f} ms"
           f"   x{median['imaging'] / median['pillow']:.3f} of Pillow alone")
     print(f"POST /flip to waitress on loopback median {median['http']:7.1f} ms"
           f"   x{median['http'] / median['pillow']:.3f} of Pillow alone (goal: at most x1.10)")
@@ -135,7 +154,111 @@ def main(argv: list[str] | None = None) -> int:
           f"   x{median['main'] / median['pillow']:.3f} (for comparison only)")
     print(f"metrics recorded for one flip      median {median['metrics']:7.3f} ms"
           f"   {median['metrics'] / median['http']:.3%} of POST /flip (goal: at most 2 %)")
+    print()
+    compare_paths(data, args.format_rounds)
     return 0
+
+
+def re_encoded(data: bytes) -> imaging.Flipped:
+    return imaging.flip(data, lossless=False)
+
+
+def lossless(data: bytes) -> imaging.Flipped:
+    flipped = imaging.flip(data)
+    if flipped.path != imaging.LOSSLESS:
+        raise RuntimeError(f"the JPEG was {flipped.path} ({flipped.reason}), not flipped losslessly")
+    return flipped
+
+
+def pillow_alone_as_the_service_writes(data: bytes) -> bytes:
+    """Open, flip, save with the parameters service.imaging writes the format with."""
+    im = Image.open(io.BytesIO(data))
+    params = imaging._FORMAT_PARAMS[im.format](im, data)
+    out = io.BytesIO()
+    im.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(out, im.format, **params)
+    return out.getvalue()
+
+
+# Phone-sized HEIC and AVIF, made from the sample; written as the service writes them.
+PHONE_SIZE = (4032, 3024)
+# format -> measure -> what it runs on the format's picture.
+PATHS = {
+    "JPEG": {"Pillow alone": pillow_alone, "re-encoded": re_encoded, "lossless": lossless},
+    "HEIF": {"Pillow alone": pillow_alone_as_the_service_writes, "re-encoded": imaging.flip},
+    "AVIF": {"Pillow alone": pillow_alone_as_the_service_writes, "re-encoded": imaging.flip},
+}
+FORMAT_NAMES = {"JPEG": "JPEG", "HEIF": "HEIC", "AVIF": "AVIF"}
+
+
+def format_pictures(sample: bytes) -> dict[str, bytes]:
+    phone = Image.open(io.BytesIO(sample)).resize(PHONE_SIZE)
+    pictures = {"JPEG": sample}
+    for fmt in ("HEIF", "AVIF"):
+        out = io.BytesIO()
+        params = imaging._FORMAT_PARAMS[fmt](phone, b"")
+        phone.save(out, fmt, **params)
+        pictures[fmt] = out.getvalue()
+    return pictures
+
+
+def compare_paths(sample: bytes, rounds: int) -> None:
+    pictures = format_pictures(sample)
+    with tempfile.TemporaryDirectory() as scratch:
+        files = {fmt: Path(scratch) / fmt for fmt in pictures}
+        for fmt, path in files.items():
+            path.write_bytes(pictures[fmt])
+        peaks = {(fmt, name): peak_memory(name, files[fmt]) for fmt in PATHS for name in PATHS[fmt]}
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in peaks}
+    keys = list(times)
+    for round_number in range(rounds + 1):
+        shift = round_number % len(keys)
+        for fmt, name in keys[shift:] + keys[:shift]:
+            seconds = worker.submit(timed, PATHS[fmt][name], pictures[fmt]).result()
+            if round_number >= 1:
+                times[fmt, name].append(seconds)
+    worker.shutdown()
+    print(f"per format, {rounds} rounds after 1 warm-up round; peak: one flip in a fresh process")
+    for fmt, paths in PATHS.items():
+        im = Image.open(io.BytesIO(pictures[fmt]))
+        print(f"{FORMAT_NAMES[fmt]} {im.width}x{im.height}, {len(pictures[fmt]):,} bytes")
+        alone = statistics.median(times[fmt, "Pillow alone"])
+        for name in paths:
+            median = statistics.median(times[fmt, name])
+            print(f"  {name:<14} median {median * 1000:7.1f} ms  x{median / alone:.3f} of Pillow alone"
+                  f"   peak {peaks[fmt, name] / 2**20:4.0f} MiB, {peaks[fmt, name] / (im.width * im.height):4.1f} bytes a pixel")
+
+
+def peak_memory(name: str, path: Path) -> int:
+    """Bytes a fresh process's resident memory rises by during one `name` flip of the picture
+    at `path`, above what it held just before (imports and codecs loaded by a flip of a small
+    picture of the same format first)."""
+    done = subprocess.run([sys.executable, "-m", "loadtest.overhead", "--peak-of", name, str(path)],
+                          capture_output=True, text=True, timeout=600, check=True, env={**os.environ, **IMAGE_ENV})
+    return int(done.stdout.split()[-1])
+
+
+def _measure_peak(name: str, path: Path) -> None:
+    data = path.read_bytes()
+    fmt = Image.open(io.BytesIO(data)).format  # the header only
+    run = PATHS[fmt][name]
+    # A small picture of the same format first: the codecs loaded, and nothing of the size of
+    # the measured one left in the heap for it to reuse.
+    small = io.BytesIO()
+    Image.effect_noise((64, 48), 64).convert("RGB").save(small, fmt)
+    imaging.flip(small.getvalue(), lossless=name == "lossless")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # the high-water mark starts again from now
+    except OSError:
+        pass  # then it holds the imports' peak too, which is far below a flip's
+    before = _status("VmRSS")
+    run(data)
+    print(_status("VmHWM") - before)
+
+
+def _status(field: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(field + ":")).split()[1]) * 1024
 
 
 if __name__ == "__main__":
