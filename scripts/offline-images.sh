@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build local stand-ins for the official images the project uses (python:3.13-slim, nginx,
-# registry:2, docker:dind, prom/prometheus, nginx/nginx-prometheus-exporter) from Debian
+# registry:2, docker:dind, haproxy, prom/prometheus, nginx/nginx-prometheus-exporter) from Debian
 # packages, for machines with no container registry: debootstrap a minbase rootfs, then
 # `docker import` it. Writes the image names to ENV_FILE for `docker compose --env-file`.
 #
@@ -13,6 +13,7 @@ PYTHON_IMAGE=flipfleet-local/python:3.13-slim-trixie
 NGINX_IMAGE=flipfleet-local/nginx:sid
 REGISTRY_IMAGE=flipfleet-local/registry:2
 DIND_IMAGE=flipfleet-local/docker:dind
+HAPROXY_IMAGE=flipfleet-local/haproxy:3.0
 PROMETHEUS_IMAGE=flipfleet-local/prometheus:v2
 NGINX_EXPORTER_IMAGE=flipfleet-local/nginx-prometheus-exporter:1
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -70,7 +71,7 @@ need_build() {
 # Stand-in builder function -> the image it makes.
 declare -A IMAGES=(
   [build_python]=$PYTHON_IMAGE [build_nginx]=$NGINX_IMAGE [build_registry]=$REGISTRY_IMAGE
-  [build_dind]=$DIND_IMAGE [build_prometheus]=$PROMETHEUS_IMAGE [build_nginx_exporter]=$NGINX_EXPORTER_IMAGE
+  [build_dind]=$DIND_IMAGE [build_haproxy]=$HAPROXY_IMAGE [build_prometheus]=$PROMETHEUS_IMAGE [build_nginx_exporter]=$NGINX_EXPORTER_IMAGE
 )
 TO_BUILD=()
 for builder in "${!IMAGES[@]}"; do
@@ -253,6 +254,20 @@ build_dind() {
     --change 'ENTRYPOINT ["/usr/local/bin/dind-entrypoint"]'
 }
 
+haproxy_customise() {
+  # haproxy:3.0's layout: its config in /usr/local/etc/haproxy, run as the haproxy user.
+  install -d "$1/usr/local/etc/haproxy"
+  ln -sf /usr/sbin/haproxy "$1/usr/local/sbin/haproxy"
+}
+
+build_haproxy() {
+  # SIGUSR1: haproxy's graceful stop (it finishes the connections it holds), as in the official image.
+  build haproxy trixie haproxy "$HAPROXY_IMAGE" SIGUSR1 \
+    --change "ENV PATH=$PATH_ENV" --change 'USER haproxy' --change 'WORKDIR /var/lib/haproxy' \
+    --change 'CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]'
+  docker run --rm "$HAPROXY_IMAGE" haproxy -v >&2
+}
+
 prometheus_customise() {
   local root=$1
   # prom/prometheus's layout: /bin/prometheus, its config in /etc/prometheus, data in /prometheus.
@@ -295,7 +310,7 @@ set +m
 # Overwrite, so the file holds exactly the current names.
 {
   echo "# Local stand-ins for the official images, written by scripts/offline-images.sh"
-  for name in PYTHON_IMAGE NGINX_IMAGE REGISTRY_IMAGE DIND_IMAGE PROMETHEUS_IMAGE NGINX_EXPORTER_IMAGE; do
+  for name in PYTHON_IMAGE NGINX_IMAGE REGISTRY_IMAGE DIND_IMAGE HAPROXY_IMAGE PROMETHEUS_IMAGE NGINX_EXPORTER_IMAGE; do
     echo "$name=${!name}"
   done
 } >"$ENV_FILE"
