@@ -109,7 +109,14 @@ render() {
 replicas_now() { local n; n=$(listed "${FLIP_UPSTREAM%:*}"); echo $((n > 0 ? n : ${1:-$WEB_REPLICAS})); }
 instances_now() {
   [[ -n $NGINX_PEERS ]] || { echo "$NGINX_INSTANCES"; return; }
-  local n; n=$(listed "$NGINX_PEERS"); echo $((n > 0 ? n : ${1:-$NGINX_INSTANCES}))
+  local peers own n
+  peers=$(getent ahostsv4 "$NGINX_PEERS" 2>/dev/null | awk '{ print $1 }' | sort -u)
+  n=$(grep -c . <<<"$peers" || true)
+  # DNS lists an nginx only once its healthcheck passes: until then this one counts itself.
+  # (Its own addresses: Docker and Kubernetes write them in /etc/hosts under its hostname.)
+  own=$(awk -v host="$HOSTNAME" '$2 == host { print $1 }' /etc/hosts 2>/dev/null || true)
+  if ((n > 0)) && [[ -n $own ]] && ! grep -qxF -f <(echo "$own") <<<"$peers"; then n=$((n + 1)); fi
+  echo $((n > 0 ? n : ${1:-$NGINX_INSTANCES}))
 }
 
 # A reloaded config admits one large body more, and one more from each client: an old worker
