@@ -5,8 +5,8 @@ Run from the repo root (locust puts the working directory on sys.path, so `servi
     locust --config loadtest/locust.conf                    # both users, headless defaults
     locust --config loadtest/locust.conf FlipUser           # one class, by name
 
-FLIP_PHOTO=path posts that picture instead of the bundled sample; FLIP_VERIFY=full also
-decodes every answer in full.
+FLIP_PHOTO=path posts that picture instead of the bundled sample; FLIP_QUERY adds a query
+string (lossless=false); FLIP_VERIFY=full also decodes every answer in full.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from service.sample import make_sample
 # A full decode of the 24 MP sample costs ~100 ms of CPU here, taken from the cores the service
 # runs on; the header (format and size) is read without decoding, so that is the default check.
 FULL_VERIFY = os.environ.get("FLIP_VERIFY", "") == "full"
+# FLIP_QUERY=lossless=false (or direction=horizontal): the query string every flip is sent with.
+FLIP_QUERY = os.environ.get("FLIP_QUERY", "")
 # EXIF orientations 5-8 turn the picture a quarter turn, so a viewer sees width and height swapped.
 QUARTER_TURNS = {5, 6, 7, 8}
 
@@ -118,7 +120,7 @@ class FlipUser(FastHttpUser):
     def flip(self) -> None:
         picture = upload()
         with self.client.post(
-            "/flip",
+            f"/flip?{FLIP_QUERY}" if FLIP_QUERY else "/flip",
             data=picture.data,
             headers={"Content-Type": picture.media_type},
             name="/flip",

@@ -225,8 +225,9 @@ def compare_paths(sample: bytes, rounds: int) -> None:
         alone = statistics.median(times[fmt, "Pillow alone"])
         for name in paths:
             median = statistics.median(times[fmt, name])
+            peak = peaks[fmt, name]
             print(f"  {name:<14} median {median * 1000:7.1f} ms  x{median / alone:.3f} of Pillow alone"
-                  f"   peak {peaks[fmt, name] / 2**20:4.0f} MiB, {peaks[fmt, name] / (im.width * im.height):4.1f} bytes a pixel")
+                  f"   peak {peak / 2**20:4.0f} MiB, {peak / (im.width * im.height):4.1f} bytes a pixel")
 
 
 def peak_memory(name: str, path: Path) -> int:

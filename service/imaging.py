@@ -289,7 +289,8 @@ def _flip_jpeg_losslessly(data, size, operation, limits, spans, deadline) -> Fli
 
 
 def _answer_too_large(max_bytes: int) -> str:
-    return f"the flipped picture would be over {max_bytes:,} bytes, the largest answer; send it in a format that compresses it"
+    return (f"the flipped picture would be over {max_bytes:,} bytes, the largest answer; "
+            "send it in a format that compresses it")
 
 
 def compose(first: Image.Transpose | None, then: Image.Transpose | None) -> Image.Transpose | None:

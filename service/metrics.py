@@ -94,7 +94,13 @@ class MetricsMiddleware:
             return start_response(status_line, headers, exc_info)
 
         answer = self.wsgi_app(environ, recording_start_response)
-        return ClosingIterator(answer, lambda: self._finished(environ, started, status))
+        finished = lambda: self._finished(environ, started, status)  # noqa: E731
+        if environ.get("flipfleet.answer") is not None and answer.__class__ is environ.get("wsgi.file_wrapper"):
+            # The server knows this answer by its class and sends from the file itself: left as it
+            # is, and timed to when the server closes the file (service.app.AnswerFile).
+            environ["flipfleet.answer"].on_close.append(finished)
+            return answer
+        return ClosingIterator(answer, finished)
 
     def _finished(self, environ, started: float, status: list[str]) -> None:
         now = time.perf_counter()

@@ -91,7 +91,8 @@ def test_flip_horizontal(client, png):
 
 @pytest.mark.parametrize(
     ("fmt", "media_type"),
-    [("JPEG", "image/jpeg"), ("GIF", "image/gif"), ("WEBP", "image/webp"), ("TIFF", "image/tiff"), ("BMP", "image/bmp")],
+    [("JPEG", "image/jpeg"), ("GIF", "image/gif"), ("WEBP", "image/webp"), ("TIFF", "image/tiff"),
+     ("BMP", "image/bmp")],
 )
 def test_answer_is_in_the_format_sent(client, fmt, media_type):
     response = client.post("/flip", data=encode(picture("RGB"), fmt), content_type="image/png")
@@ -135,7 +136,7 @@ def test_no_body_flips_the_sample():
     # Compare a strip at the top of the answer with the bottom of the sample.
     top = flipped.crop((0, 0, 6000, 16)).tobytes()
     bottom = sample.crop((0, 3984, 6000, 4000)).transpose(DOWN).tobytes()
-    assert sum(abs(a - b) for a, b in zip(top, bottom)) / len(top) < 3
+    assert sum(abs(a - b) for a, b in zip(top, bottom, strict=True)) / len(top) < 3
 
 
 @pytest.mark.parametrize(
@@ -283,7 +284,7 @@ def test_waiting_flips_run_in_the_order_they_came(settings, png, monkeypatch):
         threads.append(threading.Thread(target=lambda b=body: app.test_client().post(
             "/flip", data=b, content_type="image/png").close()))
         threads[-1].start()
-        assert wait_for(lambda: gate.held == index + 1, timeout=10)
+        assert wait_for(lambda index=index: gate.held == index + 1, timeout=10)
     release.set()
     for thread in threads:
         thread.join(timeout=30)

@@ -9,6 +9,7 @@ import pytest
 from harness.compose import ROOT
 from loadtest.bench import report
 from loadtest.bench.burst import BURST
+from service.metrics import SPANS
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -49,10 +50,20 @@ def test_summary_has_every_figure_and_no_failures(quick_run):
         )
     assert len(summary["gil"]) == 2
     for figures in summary["replicas"].values():
-        assert set(figures["spans_s"]) == {"queue", "read", "decode", "flip", "encode", "write"}
-        assert figures["spans_s"]["decode"] > 0
+        # A lossless flip has no decode or encode: the transform is all of it, in "flip".
+        assert {"queue", "read", "flip", "write"} <= set(figures["spans_s"]) <= set(SPANS)
+        assert figures["spans_s"]["flip"] > 0
     assert summary["nginx"]["requests_each"] > 0
-    assert {"replicas", "concurrency", "rps_fraction_of_ceiling", "meets_goals"} <= set(summary["default"])
+    expected = {"replicas", "concurrency", "rps_fraction_of_ceiling", "efficiency", "meets_goals"}
+    assert expected <= set(summary["default"])
+    assert summary["tuned"] == {}  # the defaults are what it measures
+    # Each way to flip the sample: its CPU per flip by part, its efficiency, what nginx moves.
+    assert set(summary["efficiency"]) == set(summary["ceiling_by_path"]) and "re-encoded" in summary["efficiency"]
+    for path, figures in summary["efficiency"].items():
+        assert figures["flips"] > 0 and figures["failures"] == 0, (path, figures)
+        assert {"web", "nginx", "load generator"} <= set(figures["cpu_s_per_flip"])
+        assert 0 < figures["efficiency"] < 1.5 and figures["alone_cpu_s_per_flip"] > 0
+        assert figures["bytes_in_per_flip"] > 2 * 6_000_000
 
 
 def test_reports_and_plots_are_written(quick_run):
@@ -83,4 +94,9 @@ def test_the_results_page_tables_are_generated_from_the_summary(quick_run, tmp_p
     written = page.read_text()
     assert "old tables" not in written and "prose stays" in written and "more prose" in written
     assert "| **2 x 1 (default)** |" in written and "GET /healthz (a replica)" in written
-    assert "GET /metrics (a replica)" in written
+    assert "GET /metrics (a replica)" in written and "| re-encoded |" in written
+    swarm = tmp_path / "swarm.md"
+    swarm.write_text(f"# Swarm\n\n{report.CAPACITY_START}\n{report.CAPACITY_END}\n")
+    report.write(json.loads((out / "summary.json").read_text()), swarm, report.CAPACITY_START,
+                 report.CAPACITY_END, report.capacity)
+    assert "replica cores one nginx core fronts" in swarm.read_text()

@@ -919,7 +919,8 @@ def test_heic_and_avif_flip_what_a_viewer_shows(fmt, size, mode, orientation, di
 # make a smooth one larger (1.43 and 2.02 times).
 @pytest.mark.parametrize(
     ("fmt", "content", "twice_above", "larger"),
-    [("HEIF", "grainy", 50, 1.1), ("AVIF", "grainy", 37, 1.1), ("HEIF", "smooth", 50, 1.5), ("AVIF", "smooth", 40, 2.2)],
+    [("HEIF", "grainy", 50, 1.1), ("AVIF", "grainy", 37, 1.1), ("HEIF", "smooth", 50, 1.5),
+     ("AVIF", "smooth", 40, 2.2)],
 )
 def test_heic_and_avif_stay_close_after_two_flips(fmt, content, twice_above, larger):
     picture = photo((640, 480)) if content == "smooth" else decode(make_sample(640, 480)).convert("RGB")
@@ -954,7 +955,8 @@ def test_heic_and_avif_keep_their_chroma_subsampling(fmt, mode, chroma):
 @pytest.mark.parametrize("fmt", PHONE_FORMATS)
 def test_heic_and_avif_keep_their_metadata(fmt):
     xmp = (b"<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'>"
-           b"<rdf:Description xmlns:dc='http://purl.org/dc/elements/1.1/' dc:format='flipfleet'/></rdf:RDF></x:xmpmeta>")
+           b"<rdf:Description xmlns:dc='http://purl.org/dc/elements/1.1/' dc:format='flipfleet'/>"
+           b"</rdf:RDF></x:xmpmeta>")
     source = _phone_picture(fmt, photo((64, 48)), orientation=6, icc_profile=SRGB, xmp=xmp)
     result = imaging.flip(source)
     flipped = decode(result.data)

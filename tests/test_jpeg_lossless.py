@@ -281,7 +281,7 @@ def test_damaged_data_is_damaged_jpeg(data, operation):
 def test_threads_transform_at_once():
     sources = [jpeg("4:2:0", size=(640, 480), im=picture("RGB", (640, 480), seed)) for seed in range(4)]
     operations = [DOWN, ACROSS, T.ROTATE_90, T.TRANSVERSE]
-    expected = [transform(s, op) for s, op in zip(sources, operations)]
+    expected = [transform(s, op) for s, op in zip(sources, operations, strict=True)]
     start = threading.Barrier(4)
 
     def work(index):

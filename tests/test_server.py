@@ -115,7 +115,8 @@ def flips_in_flight(url: str, count: int) -> tuple[list, list[threading.Thread]]
 
     def post() -> None:
         try:
-            response = requests.post(url + "/flip?lossless=false", data=photo, headers={"Content-Type": "image/jpeg"}, timeout=60)
+            response = requests.post(url + "/flip?lossless=false", data=photo, headers={"Content-Type": "image/jpeg"},
+                                     timeout=60)
             answers.append((response.status_code, len(response.content)))
         except requests.RequestException as exc:
             answers.append(exc)

@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-seconds", type=float, default=10, help="seconds per ceiling sample")
     parser.add_argument("--gil-threads", type=int, default=os.cpu_count() or 2,
                         help="T: one replica flipping T at once against T replicas; 0 skips these runs")
-    parser.add_argument("--queue", type=int, default=16,
-                        help="FLIP_QUEUE for the throughput runs: 16 holds the burst of 10 and 16 users on "
-                             "one replica, which the default of 8 would partly refuse")
+    parser.add_argument("--queue", type=int, default=None,
+                        help="FLIP_QUEUE for every stack (a tuned stack, and the summary says so); "
+                             "the service's default when unset")
+    parser.add_argument("--efficiency-seconds", type=int, default=30,
+                        help="seconds of load on the default stack for the CPU per flip of each flip path; 0 skips")
     parser.add_argument("--probe-seconds", type=int, default=30,
                         help="seconds of light requests while the default stack's queues are full; 0 skips")
     parser.add_argument("--nginx-rounds", type=int, default=20, help="rounds of 50 GET / each way; 0 skips")
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.replicas, args.users, args.duration = [1, 2], [2], 5
-        args.ceiling_seconds, args.nginx_rounds, args.probe_seconds = 3, 4, 8
+        args.ceiling_seconds, args.nginx_rounds, args.probe_seconds, args.efficiency_seconds = 3, 4, 8, 8
 
     bench = Bench(args)
     # A terminal's Ctrl-C and a plain kill both end in the teardown below.

@@ -1,7 +1,7 @@
 """A benchmark summary as text (what `python -m loadtest.bench` prints) and as the tables of
-docs/results.md, which are written from summary.json by this command, never by hand:
+docs/results.md and docs/swarm.md, which are written from summary.json by this command, never by hand:
 
-    python -m loadtest.bench.report [SUMMARY] [--write docs/results.md]
+    python -m loadtest.bench.report [SUMMARY] [--write docs/results.md] [--write-swarm docs/swarm.md]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from harness import ROOT
 
 START = "<!-- tables: python -m loadtest.bench.report --write docs/results.md; do not edit by hand -->"
 END = "<!-- end of tables -->"
+CAPACITY_START = "<!-- capacity: python -m loadtest.bench.report --write-swarm docs/swarm.md; do not edit by hand -->"
+CAPACITY_END = "<!-- end of capacity -->"
 
 
 def text(summary: dict) -> str:
@@ -37,6 +39,10 @@ def text(summary: dict) -> str:
         n = summary["nginx"]
         lines.append(f"GET / median: {n['through_nginx_p50_ms']:.3f} ms through nginx, {n['direct_p50_ms']:.3f} ms "
                      f"straight to the replica: nginx adds {n['nginx_adds_p50_ms']:.3f} ms")
+    for path, e in (summary.get("efficiency") or {}).items():
+        lines.append(f"{path}: efficiency {e['efficiency']} (the flip alone's CPU per flip over the stack's), "
+                     f"x{e['rps_fraction_of_cores_left']} of the ceiling for the {e['cores_left']} cores the load "
+                     f"generator left; CPU s a flip {e['cpu_s_per_flip']}")
     lines.append(f"default configuration: {json.dumps(summary['default'])}")
     return "\n".join(lines)
 
@@ -81,7 +87,7 @@ def markdown(summary: dict) -> str:
             f"{v['rps']:.2f} ({v['rps_at_users']}) | {v['rps_fraction_of_ceiling']:.2f} | "
             f"{v['p50_ms'] / 1000:.2f} / {v['p95_ms'] / 1000:.2f} / {v['p99_ms'] / 1000:.2f} s | {v['failures']} |"
         )
-    parts += ["", *_cpu_table(summary), "", *_spans_table(summary)]
+    parts += ["", *_efficiency_table(summary), "", *_cpu_table(summary), "", *_spans_table(summary)]
     light = summary.get("light_under_load") or {}
     if light:
         flips = light["flips"]
@@ -107,6 +113,51 @@ def markdown(summary: dict) -> str:
 
 def _burst(block: dict | None) -> str:
     return "not measured" if block is None else f"{block['burst_first_s']:.2f} s / {block['burst_last_s']:.2f} s"
+
+
+def _efficiency_table(summary: dict) -> list[str]:
+    """CPU per flip of each part on the default stack, for each way to flip the sample, and what it
+    means for a machine of more cores."""
+    found = summary.get("efficiency") or {}
+    if not found:
+        return []
+    rows = [f"CPU per flip on the default stack ({summary['default'].get('replicas')} replicas, "
+            f"{2 * summary['default'].get('replicas', 0)} locust users), for each way to flip the sample: the "
+            "flip alone (Pillow's re-encoding, or TurboJPEG's lossless transform, one process a core, no HTTP) "
+            "against the stack's CPU (replicas, nginx and Docker's proxy; the load generator apart). "
+            "Efficiency is the first over the second.", "",
+            "| flip path | flips/s | the flip alone | replicas | nginx | docker-proxy | load generator | "
+            "efficiency | x ceiling of the cores left |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path, e in found.items():
+        cpu = e["cpu_s_per_flip"]
+        rows.append(f"| {path} | {e['rps']:.2f} | {e['alone_cpu_s_per_flip'] * 1000:.1f} ms | "
+                    f"{cpu.get('web', 0) * 1000:.1f} ms | {cpu.get('nginx', 0) * 1000:.1f} ms | "
+                    f"{cpu.get('docker-proxy', 0) * 1000:.1f} ms | {cpu.get('load generator', 0) * 1000:.1f} ms | "
+                    f"{e['efficiency']:.3f} | {e['rps_fraction_of_cores_left']:.2f} ({e['cores_left']} of "
+                    f"{summary['machine']['cores']} cores) |")
+    best = max(found.values(), key=lambda e: e["efficiency"] or 0)
+    share = best["cpu_s_per_flip"].get("nginx", 0) / max(best["cpu_s_per_flip"].get("web", 1e-9), 1e-9)
+    rows += ["", f"On a machine of N cores with the load generator elsewhere, expect about (N - nginx's share) x "
+                 f"the flip alone's rate: nginx takes {share:.1%} of a replica's CPU per flip here, so 16 cores give "
+                 f"about {16 / (1 + share):.1f} cores' worth of flips, at {best['efficiency']:.2f} of the flip alone's "
+                 "CPU per flip."]
+    return rows
+
+
+def capacity(summary: dict) -> str:
+    """docs/swarm.md's table: how many replica cores one nginx fronts before its CPU or a 10 GbE
+    link is the limit, from what nginx spent and moved per flip in the benchmark."""
+    rows = ["| flip path | nginx CPU a flip | replica CPU a flip | bytes through nginx a flip, each way | "
+            "replica cores one nginx core fronts | replica cores one 10 GbE link fronts |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for path, e in (summary.get("efficiency") or {}).items():
+        cpu = e["cpu_s_per_flip"]
+        rows.append(f"| {path} | {cpu.get('nginx', 0) * 1000:.1f} ms | {cpu.get('web', 0) * 1000:.1f} ms | "
+                    f"{e['bytes_in_per_flip'] / 1e6:.1f} MB | {e.get('replica_cores_per_nginx_core', '-')} | "
+                    f"{e.get('replica_cores_per_10gbe_link', '-')} |")
+    m = summary["machine"]
+    return "\n".join([f"From the benchmark run of commit `{m['commit']}` ({m['cores']} cores, {m['cpu']}), "
+                      "the 24 MP sample:", "", *rows])
 
 
 def _cpu_table(summary: dict) -> list[str]:
@@ -139,24 +190,28 @@ def _spans_table(summary: dict) -> list[str]:
     return rows
 
 
-def write(summary: dict, target: Path) -> None:
+def write(summary: dict, target: Path, start: str = START, end: str = END, render=None) -> None:
     """Replace the tables between the markers of `target` with those of `summary`."""
     page = target.read_text()
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(page):
-        raise SystemExit(f"{target} has no {START!r} ... {END!r} section")
-    target.write_text(pattern.sub(lambda _: f"{START}\n\n{markdown(summary)}\n\n{END}", page))
+        raise SystemExit(f"{target} has no {start!r} ... {end!r} section")
+    tables = (render or markdown)(summary)
+    target.write_text(pattern.sub(lambda _: f"{start}\n\n{tables}\n\n{end}", page))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("summary", nargs="?", default=str(ROOT / "docs" / "results" / "summary.json"))
     parser.add_argument("--write", metavar="PAGE", help="replace the tables in this Markdown page")
+    parser.add_argument("--write-swarm", metavar="PAGE", help="replace the capacity table in this page")
     args = parser.parse_args(argv)
     summary = json.loads(Path(args.summary).read_text())
     if args.write:
         write(summary, Path(args.write))
-    else:
+    if args.write_swarm:
+        write(summary, Path(args.write_swarm), CAPACITY_START, CAPACITY_END, capacity)
+    if not args.write and not args.write_swarm:
         print(markdown(summary))
     return 0
 
