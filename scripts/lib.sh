@@ -103,7 +103,20 @@ swarm_ensure() {
   docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 >/dev/null
   # Remembered on the node, so that swarm-down.sh leaves only a swarm that swarm-up.sh made.
   docker node update --label-add flipfleet.made-by=swarm-up "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
+  log "a one-node swarm: this engine is its only manager (a swarm of machines wants three: docs/swarm.md)"
 }
+
+# `swarm_nodes`: a line per node of the swarm, as its managers see it:
+# HOSTNAME ROLE STATE AVAILABILITY CPUS NGINX (NGINX: its flipfleet.nginx label, if any).
+swarm_nodes() {
+  docker node ls -q | xargs docker node inspect --format '{{.Description.Hostname}} {{.Spec.Role}} {{.Status.State}}
+    {{- " "}}{{.Spec.Availability}} {{.Description.Resources.NanoCPUs}} {{index .Spec.Labels "flipfleet.nginx"}}' |
+    awk '{ $5 = int($5 / 1000000000); print }'
+}
+
+# `web_cpus NODES`: the CPUs of the nodes (swarm_nodes' lines) that may run web tasks: ready and
+# active (not drained). An engine reports the CPUs it may run on (its cpuset), not a CPU quota.
+web_cpus() { awk '$3 == "ready" && $4 == "active" { n += $5 } END { print n + 0 }' <<<"$1"; }
 
 # `update_status SERVICE`: "STATE STARTED-AT" of the service's last update; nothing if none.
 update_status() {

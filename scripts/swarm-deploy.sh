@@ -2,7 +2,11 @@
 # Deploy deploy/swarm/stack.yaml as stack STACK (flipfleet) to the swarm that DOCKER_HOST points
 # at, and wait until its services have converged; exits 1 if an update it started was rolled back
 # or paused. Swarm configs cannot change in place, so each is named after a hash of its file: a
-# changed nginx template is a new config.
+# changed nginx template is a new config, rolled out one node at a time.
+# It says what it finds and chooses: the managers (three survive the loss of one), the nodes
+# labelled flipfleet.nginx=true (nginx runs on each, its port published there), and unless set,
+# WEB_REPLICAS (one per CPU of the nodes that may run replicas) and NGINX_MEMORY_LIMIT (what one
+# nginx needs to admit for all of them). docs/swarm.md says why each.
 # Usage: FLIP_REGISTRY=registry.example:5000 FLIP_VERSION=1 scripts/swarm-deploy.sh [STACK]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +18,36 @@ for config in NGINX_TEMPLATE:nginx/nginx.conf.template NGINX_ENTRYPOINT:nginx/en
 done
 export FLIPFLEET_STACK=${1:-flipfleet}
 . scripts/lib.sh
+
+nodes=$(swarm_nodes)
+managers=$(awk '$2 == "manager"' <<<"$nodes" | wc -l)
+# Raft needs a majority of the managers to change anything: an even number adds no safety.
+if ((managers >= 3 && managers % 2 == 1)); then
+  log "$managers managers: the swarm survives the loss of $(((managers - 1) / 2)) of them"
+else
+  log "$managers manager(s): losing $(((managers - 1) / 2 + 1)) of them stops every change" \
+    "(a scale, an update, a lost node's replicas started elsewhere) until they are back; three managers survive the loss of one"
+fi
+nginx_nodes=$(awk '$6 == "true" { print $1 }' <<<"$nodes" | paste -sd ' ')
+if [ -n "$nginx_nodes" ]; then
+  log "nginx on each node labelled flipfleet.nginx=true, on port ${FLIP_PORT:-8080}: $nginx_nodes"
+elif [ -z "${NGINX_ON_LOOPBACK:-}" ]; then
+  log "no node is labelled flipfleet.nginx=true, so the stack's nginx runs nowhere: label the nodes that" \
+    "your load balancer or DNS sends clients to (docker node update --label-add flipfleet.nginx=true NODE)"
+fi
+if [ -z "${WEB_REPLICAS:-}" ]; then
+  WEB_REPLICAS=$(web_cpus "$nodes")
+  ((WEB_REPLICAS >= 1)) || WEB_REPLICAS=1
+  log "one replica per CPU of the nodes that may run one (ready, active): WEB_REPLICAS=$WEB_REPLICAS" \
+    "($(awk '$3 == "ready" && $4 == "active" { printf "%s%s %s", sep, $1, $5; sep = ", " }' <<<"$nodes"));" \
+    "set WEB_REPLICAS to choose"
+fi
+if [ -z "${NGINX_MEMORY_LIMIT:-}" ]; then
+  NGINX_MEMORY_LIMIT=$(nginx_memory_for "$WEB_REPLICAS")
+  log "nginx's memory for what $WEB_REPLICAS replicas hold, should it be the only one left:" \
+    "NGINX_MEMORY_LIMIT=$NGINX_MEMORY_LIMIT; set it to choose"
+fi
+export WEB_REPLICAS NGINX_MEMORY_LIMIT
 
 declare -A before
 for service in $(docker stack services --format '{{.Name}}' "$FLIPFLEET_STACK" 2>/dev/null); do

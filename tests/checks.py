@@ -24,3 +24,20 @@ def failures_of_a_kill(errors: dict[str, int]) -> tuple[int, int, dict[str, int]
     other = {error: count for error, count in errors.items()
              if "Incomplete response" not in error and not JSON_503.search(error)}
     return cut, refused, other
+
+
+# A connection that closed before the whole answer came, in geventhttpclient's words (locust's
+# FastHttpUser) or requests'.
+CLOSED = re.compile(
+    r"Incomplete response|HTTPConnectionClosed|connection closed|ConnectionResetError|RemoteDisconnected")
+
+
+def failures_of_a_lost_node(errors: dict[str, int]) -> tuple[int, int, dict[str, int]]:
+    """A locust run's /flip errors split into what losing a node may cost: connections closed before
+    a whole answer (those in flight through its nginx, and answers its replicas were sending), the
+    flips its replicas held, refused with nginx's JSON 503 and Retry-After (never sent on), and
+    anything else (which the loss does not explain)."""
+    closed = sum(count for error, count in errors.items() if CLOSED.search(error))
+    refused = sum(count for error, count in errors.items() if JSON_503.search(error))
+    other = {error: count for error, count in errors.items() if not CLOSED.search(error) and not JSON_503.search(error)}
+    return closed, refused, other
