@@ -86,7 +86,11 @@ class FlipGate:
         lower priority, an express one on the caller's thread."""
         if turn.express:
             return work(*args)
-        return self._queue_threads.submit(work, *args).result()
+        try:
+            running = self._queue_threads.submit(work, *args)
+        except RuntimeError:  # the process is exiting past its drain deadline: no pool any more
+            return work(*args)
+        return running.result()
 
     def held_by(self, client: str) -> int:
         with self._lock:
