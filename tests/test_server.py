@@ -155,16 +155,18 @@ def test_the_drain_ends_at_its_deadline():
     for thread in threads:
         thread.join(timeout=60)
     assert took < 5, took  # the deadline (1 s), plus the flip that was running
-    cut = int(re.search(r"\((\d+) connection\(s\) cut by the drain deadline\)", service.output[-1]).group(1))
+    # Its last word (a flip cut at the deadline may still log after it, as the process exits).
+    (stopped,) = [line for line in service.output if " stopped (" in line]
+    cut = int(re.search(r"\((\d+) connection\(s\) cut by the drain deadline\)", stopped).group(1))
     flipped_size = len(imaging.flip(load_sample(None), lossless=False).data)
     outcomes = collections.Counter(
         "cut" if isinstance(answer, requests.RequestException) else
         "flipped" if answer == (200, flipped_size) else "refused" if answer[0] == 503 else answer for answer in answers)
     print(f"drain deadline 1 s: the process ended {took:.2f} s after SIGTERM; {dict(outcomes)}")
-    # Each answer whole, or refused at once (the queue was full), or cut by the deadline, as many
-    # as the replica's log says.
+    # Each answer whole, or refused at once (the queue was full), or cut: at most the connections
+    # the replica's log says were still busy at the deadline (one may finish as the process exits).
     assert len(answers) == 12 and set(outcomes) <= {"flipped", "refused", "cut"}, outcomes
-    assert outcomes["flipped"] >= 1 and outcomes["cut"] == cut >= 1
+    assert outcomes["flipped"] >= 1 and 1 <= outcomes["cut"] <= cut
 
 
 def test_bad_configuration_is_reported_not_ignored():
