@@ -13,21 +13,27 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from geventhttpclient.client import HTTPClientPool
 from locust import FastHttpUser, constant, constant_throughput, events, task
 from locust.runners import MasterRunner
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, ImageStat, UnidentifiedImageError
 
 from service.imaging import MEDIA_TYPES, ORIENTATION  # the import registers Pillow's HEIC reader too
 from service.sample import make_sample
 
-# A full decode of the 24 MP sample costs ~100 ms of CPU here, taken from the cores the service
-# runs on; the header (format and size) is read without decoding, so that is the default check.
+# Every answer's format and size are checked from its header. Its pixels are checked on one answer
+# in PIXEL_CHECK_EVERY, against the flip of what was sent, on pictures shrunk 8 times (a JPEG
+# decodes so in a few ms); FLIP_VERIFY=full checks every answer's pixels, at a decode's cost.
 FULL_VERIFY = os.environ.get("FLIP_VERIFY", "") == "full"
+PIXEL_CHECK_EVERY = 10
+# Mean difference per sample, out of 255, that a re-encoded flip (and the shrinking) stays within.
+PIXEL_TOLERANCE = 4
 # FLIP_QUERY=lossless=false (or direction=horizontal): the query string every flip is sent with.
 FLIP_QUERY = os.environ.get("FLIP_QUERY", "")
 # EXIF orientations 5-8 turn the picture a quarter turn, so a viewer sees width and height swapped.
@@ -40,6 +46,15 @@ class Upload:
     format: str
     media_type: str
     expected_size: tuple[int, int]
+    expected_pixels: Image.Image  # the flip of what a viewer sees of it, shrunk (shrunk())
+
+
+def shrunk(data: bytes) -> Image.Image:
+    """The picture as a viewer sees it (its EXIF orientation applied), an eighth of its size, RGB."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (max(im.width // 8, 1), max(im.height // 8, 1)))  # a JPEG decodes smaller
+        shown = ImageOps.exif_transpose(im.convert("RGB"))
+    return shown.resize((max(shown.width // 8, 1), max(shown.height // 8, 1))) if max(shown.size) > 1000 else shown
 
 
 def _format_of(im: Image.Image) -> str:
@@ -62,7 +77,20 @@ def upload() -> Upload:
             raise ValueError(f"FLIP_PHOTO={photo} is {fmt}; send one of {', '.join(MEDIA_TYPES)}")
         width, height = im.size
         turned = im.getexif().get(ORIENTATION, 1) in QUARTER_TURNS
-    return Upload(data, fmt, MEDIA_TYPES[fmt], (height, width) if turned else (width, height))
+    direction = parse_qs(FLIP_QUERY).get("direction", ["vertical"])[0]
+    flip = Image.Transpose.FLIP_LEFT_RIGHT if direction == "horizontal" else Image.Transpose.FLIP_TOP_BOTTOM
+    return Upload(data, fmt, MEDIA_TYPES[fmt], (height, width) if turned else (width, height),
+                  shrunk(data).transpose(flip))
+
+
+def pixels_differ(body: bytes, expected: Upload) -> str | None:
+    """Why the answer's pixels are not the flip of the upload's, or None."""
+    got = shrunk(body)
+    if got.size != expected.expected_pixels.size:
+        got = got.resize(expected.expected_pixels.size)
+    difference = sum(ImageStat.Stat(ImageChops.difference(got, expected.expected_pixels)).mean) / 3
+    return None if difference <= PIXEL_TOLERANCE else (
+        f"the pixels are not the flip of the picture sent (mean difference {difference:.1f} of 255)")
 
 
 @events.init.add_listener
@@ -95,9 +123,14 @@ def problem_with_picture(body: bytes, expected: Upload) -> str | None:
                 return f"the picture is {im.width}x{im.height}, not {width}x{height}"
             if FULL_VERIFY:
                 im.load()
+        if FULL_VERIFY or next(_ANSWERS) % PIXEL_CHECK_EVERY == 0:
+            return pixels_differ(body, expected)
     except Exception as exc:  # Pillow signals damaged data through many exception types
         return f"the body is not a whole picture: {exc}"
     return None
+
+
+_ANSWERS = itertools.count()
 
 
 # geventhttpclient reads answers in 4 KiB blocks by default, 1,600 reads per flipped photo;

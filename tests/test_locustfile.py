@@ -38,13 +38,20 @@ def service():
         yield running
 
 
+def two_colours(size: tuple[int, int]) -> Image.Image:
+    """Teal with an orange left half: a flip, or a turn, shows."""
+    im = Image.new("RGB", size, "teal")
+    im.paste("orange", (0, 0, size[0] // 2, size[1]))
+    return im
+
+
 @pytest.fixture
 def turned_photo(tmp_path) -> Path:
     """A 64x48 JPEG whose EXIF orientation turns it to 48x64 for a viewer."""
     exif = Image.Exif()
     exif[ORIENTATION] = ROTATE_270
     path = tmp_path / "turned.jpg"
-    path.write_bytes(encoded(Image.new("RGB", PHOTO_SIZE, "teal"), "JPEG", exif=exif))
+    path.write_bytes(encoded(two_colours(PHOTO_SIZE), "JPEG", exif=exif, quality=95))
     return path
 
 
@@ -52,7 +59,7 @@ def turned_photo(tmp_path) -> Path:
 def liar():
     """A loopback server answering POST /flip and GET / with 200s, or a 503, that are all wrong
     for `turned_photo`; yields its base URL."""
-    upright = Image.new("RGB", PHOTO_SIZE[::-1], "teal")
+    upright = two_colours(PHOTO_SIZE).transpose(Image.Transpose.ROTATE_270)  # what a viewer sees
     jpeg = encoded(upright, "JPEG")
     png = encoded(upright, "PNG")
     wrong_answers = itertools.cycle([
@@ -60,6 +67,7 @@ def liar():
         (200, "image/jpeg", png),  # Content-Type and body disagree
         (200, "image/jpeg", encoded(Image.new("RGB", PHOTO_SIZE), "JPEG")),  # orientation ignored
         (200, "image/jpeg", jpeg[: len(jpeg) // 2]),  # truncated: only a full decode sees it
+        (200, "image/jpeg", jpeg),  # the right size and format, but not flipped
         (503, "application/json", b'{"error": "busy", "status": 503}'),
     ])
     lock = threading.Lock()
@@ -101,10 +109,11 @@ def test_both_users_pass_against_the_service_with_the_sample(service, tmp_path):
 
 
 def test_flip_user_alone_expects_the_exif_turned_size(service, tmp_path, turned_photo):
-    run = run_locust(service.url, "FlipUser", users=1, seconds=3, csv_prefix=tmp_path / "run",
-                     FLIP_PHOTO=str(turned_photo), FLIP_VERIFY="full")
-    assert_clean(run, "/flip")
-    assert "/" not in run.stats
+    for query in ("", "lossless=false", "direction=horizontal"):  # every answer's pixels checked
+        run = run_locust(service.url, "FlipUser", users=1, seconds=3, csv_prefix=tmp_path / "run",
+                         FLIP_PHOTO=str(turned_photo), FLIP_VERIFY="full", FLIP_QUERY=query)
+        assert_clean(run, "/flip")
+        assert "/" not in run.stats
 
 
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
@@ -132,6 +141,7 @@ def test_wrong_answers_are_failures(liar, tmp_path, turned_photo):
         "the body is PNG, not JPEG",
         "the picture is 64x48, not 48x64",
         "the body is not a whole picture",
+        "the pixels are not the flip of the picture sent",
         "status 503, not 200",
     ):
         assert expected in flip_errors, flip_errors
