@@ -11,7 +11,7 @@ import time
 BURST = 10
 
 
-def burst(url: str, photo: bytes, clients: int = BURST) -> dict:
+def burst(url: str, photo: bytes, clients: int = BURST, query: str = "") -> dict:
     """`clients` POST /flip at once, each on its own connection; seconds to first and last answer."""
     host, port = url.removeprefix("http://").split(":")
     ready = threading.Barrier(clients + 1)
@@ -21,7 +21,8 @@ def burst(url: str, photo: bytes, clients: int = BURST) -> dict:
         connection.connect()
         connection.sock.settimeout(180)  # ten flips queue behind each other: allow for it, bounded
         ready.wait(timeout=60)
-        connection.request("POST", "/flip", body=photo, headers={"Content-Type": "image/jpeg"})
+        connection.request("POST", f"/flip?{query}" if query else "/flip", body=photo,
+                           headers={"Content-Type": "image/jpeg"})
         response = connection.getresponse()
         response.read()
         connection.close()

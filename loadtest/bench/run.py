@@ -291,10 +291,11 @@ class Bench:
             ceiling_rps = statistics.median(s["rps"] for s in summary["ceiling_by_path"][path])
             stack = self.stack(f"efficiency-{path}", replicas)
             try:
-                burst(stack.url, self.photo, clients=replicas)  # warm-up
+                query = "lossless=false" if path == "re-encoded" else ""
+                burst(stack.url, self.photo, clients=replicas, query=query)  # warm-up
+                article = burst(stack.url, self.photo, query=query)  # the article's burst, this path
                 prefix = self.out / "efficiency" / path
                 prefix.parent.mkdir(parents=True, exist_ok=True)
-                query = "lossless=false" if path == "re-encoded" else ""
                 numbers, used = cpu_during(stack, lambda stack=stack, prefix=prefix, query=query: locust_figures(
                     stack.url, 2 * replicas, self.args.efficiency_seconds, prefix, self.photo_path, query))
                 answer = len(flipped_sample(stack.url, query))
@@ -306,6 +307,7 @@ class Bench:
             generator_share = used.get("load generator", 0) / (used["wall"] * cores)
             cores_left = cores * (1 - generator_share)
             result = {
+                **article, "burst_last_vs_ideal": round(article["burst_last_s"] * ceiling_rps / BURST, 3),
                 "flips": flips, "rps": numbers["rps"], "failures": numbers["failures"],
                 "cpu_s_per_flip": per_flip, "alone_cpu_s_per_flip": round(alone, 4),
                 "efficiency": round(alone / stack_cpu, 3) if stack_cpu else None,
