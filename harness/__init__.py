@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -45,3 +46,16 @@ def alongside(work, timeout: float = 60):
     assert not thread.is_alive(), f"the background work did not stop within {timeout} s"
     if raised:
         raise raised[0]
+
+
+def copy_tree(target: Path) -> Path:
+    """A copy of the repository's files (tracked, and new ones not ignored) at `target`, modes kept:
+    for tests that change a file or run a script as a user would, away from the real tree."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            (target / name).write_bytes((ROOT / name).read_bytes())
+            (target / name).chmod((ROOT / name).stat().st_mode)
+    return target

@@ -236,15 +236,22 @@ def test_limits_come_from_the_environment(monkeypatch, png):
 
 
 
-def test_a_full_queue_refuses_at_once_with_503_and_retry_after(app, png, monkeypatch):
-    gate = app.extensions["flip_gate"]
-    release, real_flip = threading.Event(), imaging.flip
+@pytest.fixture
+def release(monkeypatch):
+    """Flips that wait until this event is set, so that tests can fill a replica's queue."""
+    event, real_flip = threading.Event(), imaging.flip
 
     def slow_flip(*args, **kwargs):
-        release.wait(10)
+        event.wait(10)
         return real_flip(*args, **kwargs)
 
     monkeypatch.setattr(imaging, "flip", slow_flip)
+    yield event
+    event.set()
+
+
+def test_a_full_queue_refuses_at_once_with_503_and_retry_after(app, png, release):
+    gate = app.extensions["flip_gate"]
     statuses = []
 
     def post() -> None:
@@ -291,16 +298,9 @@ def test_waiting_flips_run_in_the_order_they_came(settings, png, monkeypatch):
     assert [data[-1] for data in started_order] == list(range(gate.queue))
 
 
-def test_a_client_past_its_share_gets_a_json_429_and_others_still_get_in(settings, png, monkeypatch):
+def test_a_client_past_its_share_gets_a_json_429_and_others_still_get_in(settings, png, release):
     app = create_app(dataclasses.replace(settings, queue=4, client_share=2))
     gate = app.extensions["flip_gate"]
-    release, real_flip = threading.Event(), imaging.flip
-
-    def slow_flip(*args, **kwargs):
-        release.wait(10)
-        return real_flip(*args, **kwargs)
-
-    monkeypatch.setattr(imaging, "flip", slow_flip)
     greedy = {"X-Flipfleet-Client": "10.0.0.1"}
     holders = [threading.Thread(target=lambda: app.test_client().post("/flip", data=png, content_type="image/png",
                                                                       headers=greedy).close()) for _ in range(2)]

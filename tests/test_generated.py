@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from harness import ROOT
+from harness import ROOT, copy_tree
 
 GENERATE = ROOT / "scripts" / "generate.py"
 
@@ -19,12 +19,7 @@ def test_the_generated_files_are_current():
 
 def test_a_changed_default_is_carried_everywhere(tmp_path):
     """In a copy of the tree: a new FLIP_QUEUE default and web memory limit, one regenerate."""
-    copy = tmp_path / "tree"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        (copy / name).parent.mkdir(parents=True, exist_ok=True)
-        (copy / name).write_bytes((ROOT / name).read_bytes())
+    copy = copy_tree(tmp_path / "tree")
     defaults = copy / "service" / "defaults.env"
     defaults.write_text(re.sub(r"^FLIP_QUEUE=\d+$", "FLIP_QUEUE=17", defaults.read_text(), flags=re.MULTILINE))
     compose = copy / "compose.yaml"

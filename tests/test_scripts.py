@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT
+from harness import ROOT, copy_tree
 from harness.compose import PROJECT_PREFIX, env_file, run
 
 
@@ -79,13 +79,7 @@ def test_remember_keeps_the_users_own_lines(tmp_path):
 @pytest.mark.docker
 def test_up_then_the_readme_commands_as_written(docker_images, tmp_path):
     """A copy of the tree; scripts/up.sh; then plain `docker compose` commands, no env file named."""
-    copy = tmp_path / "tree"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        (copy / name).parent.mkdir(parents=True, exist_ok=True)
-        (copy / name).write_bytes((ROOT / name).read_bytes())
-        (copy / name).chmod((ROOT / name).stat().st_mode)
+    copy = copy_tree(tmp_path / "tree")
     if env_file():  # where no registry answers: the stand-ins this machine already has
         (copy / ".env.offline").write_text(env_file().read_text())
     project = f"{PROJECT_PREFIX}{os.getpid()}-up"
