@@ -118,6 +118,30 @@ swarm_nodes() {
 # active (not drained). An engine reports the CPUs it may run on (its cpuset), not a CPU quota.
 web_cpus() { awk '$3 == "ready" && $4 == "active" { n += $5 } END { print n + 0 }' <<<"$1"; }
 
+# `tasks_changed SERVICE`: whether its last spec change replaces its tasks (a rolling update).
+tasks_changed() {
+  local now previous
+  now=$(docker service inspect --format '{{json .Spec.TaskTemplate}}{{json .Spec.EndpointSpec}}' "$1")
+  previous=$(docker service inspect --format '{{json .PreviousSpec.TaskTemplate}}{{json .PreviousSpec.EndpointSpec}}' "$1")
+  [ "$now" != "$previous" ]
+}
+
+# `await_converged STACK SECONDS`: wait until each of the stack's services runs every task it
+# wants. Not `docker stack deploy --detach=false`: it waits forever on a global service whose
+# constraint matches no node (the stack's nginx when no node is labelled for it).
+await_converged() {
+  local stack=$1 seconds=$2 waiting
+  for _ in $(seq "$seconds"); do
+    # REPLICAS reads "running/desired", with a suffix such as "(max 1 per node)" at times.
+    waiting=$(docker stack services --format '{{.Name}} {{.Replicas}}' "$stack" |
+      awk '{ split($2, n, "/"); if (n[1] != n[2]) print $1 " " $2 }')
+    [ -z "$waiting" ] && return 0
+    sleep 1
+  done
+  log "gave up after $seconds s waiting for: $(paste -sd ',' <<<"$waiting")"
+  return 1
+}
+
 # `update_status SERVICE`: "STATE STARTED-AT" of the service's last update; nothing if none.
 update_status() {
   docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}} {{.UpdateStatus.StartedAt}}{{end}}' "$1"
