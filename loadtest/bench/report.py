@@ -62,7 +62,7 @@ def markdown(summary: dict) -> str:
     parts = [
         f"Run of commit `{m['commit']}` started {summary['started']}: {cores} cores ({m['cpu']}), "
         f"{m['memory_gib']} GiB, kernel {m['kernel']}, {m['docker']}, load generator on the same cores. "
-        f"Ceiling samples (Pillow alone, {cores} processes, flips/s): "
+        f"Ceiling samples (the flip alone, the faster of its two ways, {cores} processes, flips/s): "
         f"{', '.join(str(s) for s in summary['ceiling_samples'])}; median {summary['ceiling_rps']}.",
         "",
         "| 10 concurrent flips of a 24 MP photo | one flip | one process: first / last answer | "
@@ -72,8 +72,8 @@ def markdown(summary: dict) -> str:
         f"{article['one process']['burst_first_s']:.0f} s / {article['one process']['burst_last_s']:.0f} s | "
         f"{article['cluster, one worker per core']['burst_first_s']:.0f} s / "
         f"{article['cluster, one worker per core']['burst_last_s']:.0f} s (8 workers) |",
-        f"| flipfleet (Pillow, {cores} cores) | {one_flip:.2f} s (Pillow alone) | {_burst(by_replicas.get('1'))} "
-        f"(1 replica) | {_burst(by_replicas.get(str(cores)))} ({cores} replicas) |",
+        f"| flipfleet (Pillow or TurboJPEG, {cores} cores) | {one_flip:.2f} s (the flip alone) | "
+        f"{_burst(by_replicas.get('1'))} (1 replica) | {_burst(by_replicas.get(str(cores)))} ({cores} replicas) |",
         "",
         "| replicas x flips at once | burst first / last | x ideal last | best req/s (users) | "
         "x ceiling around it | p50 / p95 / p99 at that load | failed |",
@@ -149,7 +149,8 @@ def _efficiency_table(summary: dict) -> list[str]:
 def capacity(summary: dict) -> str:
     """docs/swarm.md's table: how many replica cores one nginx fronts before its CPU or a 10 GbE
     link is the limit, from what nginx spent and moved per flip in the benchmark."""
-    rows = ["| flip path | nginx CPU a flip | replica CPU a flip | bytes through nginx a flip, each way | "
+    rows = ["| flip path | nginx CPU a flip | replica CPU a flip | "
+            "bytes a flip through nginx's link, each direction (body + answer) | "
             "replica cores one nginx core fronts | replica cores one 10 GbE link fronts |",
             "| --- | --- | --- | --- | --- | --- |"]
     for path, e in (summary.get("efficiency") or {}).items():
