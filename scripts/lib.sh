@@ -118,14 +118,6 @@ swarm_nodes() {
 # active (not drained). An engine reports the CPUs it may run on (its cpuset), not a CPU quota.
 web_cpus() { awk '$3 == "ready" && $4 == "active" { n += $5 } END { print n + 0 }' <<<"$1"; }
 
-# `tasks_changed SERVICE`: whether its last spec change replaces its tasks (a rolling update).
-tasks_changed() {
-  local now previous
-  now=$(docker service inspect --format '{{json .Spec.TaskTemplate}}{{json .Spec.EndpointSpec}}' "$1")
-  previous=$(docker service inspect --format '{{json .PreviousSpec.TaskTemplate}}{{json .PreviousSpec.EndpointSpec}}' "$1")
-  [ "$now" != "$previous" ]
-}
-
 # `await_converged STACK SECONDS`: wait until each of the stack's services runs every task it
 # wants. Not `docker stack deploy --detach=false`: it waits forever on a global service whose
 # constraint matches no node (the stack's nginx when no node is labelled for it).

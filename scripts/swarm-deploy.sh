@@ -49,23 +49,25 @@ if [ -z "${NGINX_MEMORY_LIMIT:-}" ]; then
 fi
 export WEB_REPLICAS NGINX_MEMORY_LIMIT
 
-declare -A version started
+declare -A before
 for service in $(docker stack services --format '{{.Name}}' "$FLIPFLEET_STACK" 2>/dev/null); do
-  version[$service]=$(docker service inspect --format '{{.Version.Index}}' "$service")
-  last=
-  read -r _ last < <(update_status "$service") || true
-  started[$service]=$last
+  read -r _ started < <(update_status "$service") || true
+  before[$service]=${started-}
 done
-docker stack deploy --detach=true --quiet -c deploy/swarm/stack.yaml "$FLIPFLEET_STACK" >&2
-# A service whose tasks this deploy changed is updated (rolling), and judged as swarm-rollout.sh
-# judges; a new service, or a change Swarm applies without replacing tasks, only has to converge.
+if [ -n "$nginx_nodes" ]; then
+  docker stack deploy --detach=false --quiet -c deploy/swarm/stack.yaml "$FLIPFLEET_STACK" >&2
+else
+  # The CLI's wait never ends for a global service whose constraint matches no node: wait here.
+  docker stack deploy --detach=true --quiet -c deploy/swarm/stack.yaml "$FLIPFLEET_STACK" >&2
+  await_converged "$FLIPFLEET_STACK" 300 || exit 1
+fi
+# A service this deploy changed is updated (rolling), and judged as swarm-rollout.sh judges.
 failed=0
 for service in $(docker stack services --format '{{.Name}}' "$FLIPFLEET_STACK"); do
-  [ -n "${version[$service]-}" ] || continue
-  [ "$(docker service inspect --format '{{.Version.Index}}' "$service")" != "${version[$service]}" ] || continue
-  if tasks_changed "$service"; then
-    await_update "$service" "${started[$service]-}" || failed=1
+  started=
+  read -r _ started < <(update_status "$service") || true
+  if [ -n "$started" ] && [ "$started" != "${before[$service]-}" ]; then
+    await_update "$service" "${before[$service]-}" || failed=1
   fi
 done
-((failed)) || await_converged "$FLIPFLEET_STACK" 300 || failed=1
 exit "$failed"
