@@ -118,21 +118,14 @@ swarm_nodes() {
 # active (not drained). An engine reports the CPUs it may run on (its cpuset), not a CPU quota.
 web_cpus() { awk '$3 == "ready" && $4 == "active" { n += $5 } END { print n + 0 }' <<<"$1"; }
 
-# `await_converged STACK SECONDS`: wait until each of the stack's services runs every task it
-# wants. Not `docker stack deploy --detach=false`: it waits forever on a global service whose
-# constraint matches no node (the stack's nginx when no node is labelled for it).
-await_converged() {
-  local stack=$1 seconds=$2 waiting
-  for _ in $(seq "$seconds"); do
-    # REPLICAS reads "running/desired", with a suffix such as "(max 1 per node)" at times.
-    waiting=$(docker stack services --format '{{.Name}} {{.Replicas}}' "$stack" |
-      awk '{ split($2, n, "/"); if (n[1] != n[2]) print $1 " " $2 }')
-    [ -z "$waiting" ] && return 0
-    sleep 1
-  done
-  log "gave up after $seconds s waiting for: $(paste -sd ',' <<<"$waiting")"
-  return 1
+# `stack_waiting STACK`: "NAME RUNNING/DESIRED" for each of the stack's services that does not run
+# every task it wants; nothing once the stack has converged. REPLICAS reads "running/desired",
+# with a suffix such as "(max 1 per node)" at times.
+stack_waiting() {
+  docker stack services --format '{{.Name}} {{.Replicas}}' "$1" |
+    awk '{ split($2, n, "/"); if (n[1] != n[2]) print $1 " " $2 }'
 }
+stack_converged() { [ -z "$(stack_waiting "$1")" ]; }
 
 # `update_status SERVICE`: "STATE STARTED-AT" of the service's last update; nothing if none.
 update_status() {

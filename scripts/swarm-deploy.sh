@@ -59,7 +59,8 @@ if [ -n "$nginx_nodes" ]; then
 else
   # The CLI's wait never ends for a global service whose constraint matches no node: wait here.
   docker stack deploy --detach=true --quiet -c deploy/swarm/stack.yaml "$FLIPFLEET_STACK" >&2
-  await_converged "$FLIPFLEET_STACK" 300 || exit 1
+  wait_until "the stack's services to converge" 300 stack_converged "$FLIPFLEET_STACK" ||
+    { log "still waiting: $(stack_waiting "$FLIPFLEET_STACK" | paste -sd ',')"; exit 1; }
 fi
 # A service this deploy changed is updated (rolling), and judged as swarm-rollout.sh judges.
 failed=0
