@@ -426,8 +426,9 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
     return im
 
 
-def _check_pixels(im: Image.Image, limits: Limits) -> None:
-    """Refuse from the header alone, before anything is decoded."""
+def _check_pixels(im: Image.Image, limits: Limits) -> float:
+    """Refuse from the header alone, before anything is decoded; else the pixels `im` counts for
+    against the limits (pixel_weight)."""
     width, height = im.size
     weight = pixel_weight(im)
     if width * height * weight > limits.max_pixels:
@@ -437,6 +438,7 @@ def _check_pixels(im: Image.Image, limits: Limits) -> None:
             f"the picture is {width}x{height} = {width * height:,} pixels; "
             f"the limit is {int(limits.max_pixels / weight):,}{heavier}"
         )
+    return width * height * weight
 
 
 def pixel_weight(im: Image.Image) -> float:
@@ -454,8 +456,7 @@ def _flip_frames(im, operation, limits, fmt, spans, deadline):
             break
         if index >= limits.max_frames:
             raise TooLarge(f"the animation has more than {limits.max_frames} frames")
-        _check_pixels(frame, limits)
-        total_pixels += frame.width * frame.height * pixel_weight(frame)
+        total_pixels += _check_pixels(frame, limits)
         if total_pixels > limits.max_total_pixels:
             raise TooLarge(
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"
