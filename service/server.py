@@ -1,13 +1,15 @@
 """waitress for the flip service: tuned for a few large uploads, and a stop that cuts no answer.
 
-waitress stops at once on a signal, dropping what it holds. A replica told to stop here stops
-accepting, closes its idle keep-alive connections, finishes every request it has already
-received (for at most `drain_seconds`), then exits: nginx sends new requests elsewhere.
+waitress stops at once on a signal, dropping what it holds. A replica told to stop here takes in
+the connections already made to it, stops accepting, closes its idle keep-alive connections,
+finishes every request it has received or is receiving (for at most `drain_seconds`), then
+exits: nginx sends new requests elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import signal
 import threading
 import time
@@ -23,6 +25,9 @@ IO_CHUNK = 256 * 1024
 SEND_BUFFER_BYTES = 4 * 1024 * 1024
 # How often the serving loop looks up from its sockets to see whether a stop was asked for.
 POLL_SECONDS = 0.2
+# How long a draining replica keeps a new connection that has sent nothing yet: nginx writes
+# its request as it connects, so only a client that never speaks waits this long.
+FIRST_WORD_SECONDS = 2.0
 
 
 def build_server(settings: Settings, app):
@@ -74,8 +79,11 @@ class GracefulServer:
 
     def drain(self) -> int:
         server = self.server
-        # Stop accepting: new connections are refused, and nginx tries another replica.
+        # Closing the listener resets the connections the kernel holds for it, on which nginx may
+        # already have sent a flip it never sends again: take them in first. Then stop accepting:
+        # new connections are refused, and nginx tries another replica.
         # (dispatcher.close, not server.close: that would also close the wake-up trigger.)
+        self._accept_waiting()
         wasyncore.dispatcher.close(server)
         deadline = time.monotonic() + self.drain_seconds
         busy = self._close_idle_channels()
@@ -88,11 +96,24 @@ class GracefulServer:
         server.task_dispatcher.shutdown(timeout=1)
         return busy
 
+    def _accept_waiting(self) -> None:
+        """Accept every connection the kernel has completed for the listener."""
+        poller = select.poll()
+        poller.register(self.server.socket, select.POLLIN)
+        for _ in range(self.server.adj.backlog):  # bounded: the kernel holds no more than this
+            if not poller.poll(0):
+                return
+            self.server.handle_accept()
+
     def _close_idle_channels(self) -> int:
         """Mark every channel with nothing in progress to close; count the others."""
         busy = 0
+        now = time.time()  # waitress's clock for channel activity
         for channel in list(self.server.active_channels.values()):
-            in_progress = channel.requests or channel.request is not None or channel.total_outbufs_len
+            # A connection that has not spoken yet is about to: its request is on its way.
+            silent = channel.last_activity == channel.creation_time
+            unheard = silent and now - channel.creation_time < FIRST_WORD_SECONDS
+            in_progress = unheard or channel.requests or channel.request is not None or channel.total_outbufs_len
             if in_progress:
                 busy += 1
             elif not channel.will_close:

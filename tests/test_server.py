@@ -18,7 +18,9 @@ from PIL import Image
 from harness import wait_for
 from harness.service import start_service
 from service import imaging
+from service.config import Settings
 from service.sample import load_sample
+from service.server import GracefulServer, build_server
 from tests.pictures import decode, encode, noise_png, picture
 
 MAX_BYTES = 2 * 1024 * 1024
@@ -142,6 +144,50 @@ def test_a_stop_finishes_every_request_in_flight_and_refuses_new_ones(sig):
     flipped_size = len(imaging.flip(load_sample(None), lossless=False).data)
     assert len(answers) == 4 and all(answer == (200, flipped_size) for answer in answers), answers
     assert "0 connection(s) cut" in service.output[-1]
+
+
+def hello(environ, start_response):
+    """The smallest WSGI app: the drain, not the app, is under test."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def test_a_stop_answers_the_connections_that_arrived_since_the_last_look():
+    # Between two turns of the serving loop connections arrive: some accepted and not yet read,
+    # some still in the kernel's queue. nginx has sent each a flip it will not send again, so
+    # the drain must answer them, not close or reset them.
+    server = GracefulServer(build_server(Settings.from_env({}, port=0), hello), drain_seconds=10)
+    port = server.server.socket.getsockname()[1]
+    accepted = socket.create_connection(("127.0.0.1", port), timeout=10)
+    server.server.handle_accept()  # a channel now, with nothing read from it
+    assert len(server.server.active_channels) == 1
+    queued = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    for sock in [accepted, *queued]:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    server.stop()
+    assert server.serve_until_stopped(signals=()) == 0
+    for sock in [accepted, *queued]:
+        answer = b""
+        while chunk := sock.recv(65536):  # the drain closes each connection once it is answered
+            answer += chunk
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"hello"), answer
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=10)  # and no longer accepting
+
+
+def test_a_stop_closes_a_connection_that_never_speaks():
+    # A connection that sends nothing is given a moment to (nginx writes as soon as it connects), not the drain.
+    server = GracefulServer(build_server(Settings.from_env({}, port=0), hello), drain_seconds=30)
+    port = server.server.socket.getsockname()[1]
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    server.stop()
+    started = time.monotonic()
+    assert server.serve_until_stopped(signals=()) == 0
+    took = time.monotonic() - started
+    assert silent.recv(1) == b""  # closed, not answered
+    silent.close()
+    assert took < 10, took
 
 
 def test_the_drain_ends_at_its_deadline():
