@@ -7,6 +7,7 @@ import contextlib
 import csv
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -49,8 +50,9 @@ class LocustRun:
 
 
 def run_locust(host: str, *user_classes: str, users: int, seconds: float, csv_prefix: Path, html: bool = False,
-               **env: str) -> LocustRun:
-    """Run `user_classes` (all of the locustfile's when none) against `host` for `seconds`."""
+               stop: threading.Event | None = None, **env: str) -> LocustRun:
+    """Run `user_classes` (all of the locustfile's when none) against `host` for `seconds`, or until
+    `stop` is set: then locust ends as at its run time's end (SIGTERM), with the same report."""
     # The caller's own FLIP_PHOTO or FLIP_VERIFY must not leak into the run.
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FLIP_")}
     command = [
@@ -60,12 +62,31 @@ def run_locust(host: str, *user_classes: str, users: int, seconds: float, csv_pr
     ]
     if html:
         command += ["--html", f"{csv_prefix}.html"]
-    result = subprocess.run(command, cwd=ROOT, env={**environ, **env}, capture_output=True, text=True,
-                            timeout=seconds + GRACE_SECONDS)
-    output = result.stdout + result.stderr
-    if result.returncode not in (0, 1):
-        raise RuntimeError(f"locust exited {result.returncode}:\n{output[-3000:]}")
-    return LocustRun(result.returncode, output, _stats(csv_prefix), _rows(Path(f"{csv_prefix}_failures.csv")))
+    process = subprocess.Popen(command, cwd=ROOT, env={**environ, **env}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    done = threading.Event()
+
+    def stop_when_asked() -> None:
+        while not done.is_set():
+            if stop.wait(0.5) and not done.is_set():
+                process.send_signal(signal.SIGTERM)
+                return
+
+    stopper = threading.Thread(target=stop_when_asked, daemon=True)
+    if stop is not None:
+        stopper.start()
+    try:
+        stdout, stderr = process.communicate(timeout=seconds + GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    finally:
+        done.set()
+    output = stdout + stderr
+    if process.returncode not in (0, 1):
+        raise RuntimeError(f"locust exited {process.returncode}:\n{output[-3000:]}")
+    return LocustRun(process.returncode, output, _stats(csv_prefix), _rows(Path(f"{csv_prefix}_failures.csv")))
 
 
 def _stats(csv_prefix: Path) -> dict[str, dict[str, str]]:
@@ -80,18 +101,22 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def under_load(url: str, tmp_path: Path, seconds: float, users: int = 8, start_after: float = 0):
+def under_load(url: str, tmp_path: Path, seconds: float, users: int = 8, start_after: float = 0,
+               then: float | None = None):
     """`users` FlipUsers post the sample to `url` for `seconds`; the block runs `start_after`
-    seconds in. Yields a list that holds the finished run once the block is done."""
+    seconds in. With `then`, the load goes on `then` seconds past the block and stops there
+    (`seconds` stays the most it runs). Yields a list that holds the finished run once the block
+    is done."""
     photo = tmp_path / "sample.jpg"
     photo.write_bytes(load_sample(None))
     finished: list[LocustRun] = []
     raised: list[BaseException] = []
+    stop = threading.Event()
 
     def load() -> None:
         try:
             finished.append(run_locust(url, "FlipUser", users=users, seconds=seconds, csv_prefix=tmp_path / "run",
-                                       FLIP_PHOTO=str(photo)))
+                                       stop=stop, FLIP_PHOTO=str(photo)))
         except BaseException as exc:  # raised again below
             raised.append(exc)
 
@@ -100,6 +125,12 @@ def under_load(url: str, tmp_path: Path, seconds: float, users: int = 8, start_a
     time.sleep(start_after)
     try:
         yield finished
+        if then is not None:
+            thread.join(timeout=then)
+            stop.set()
+    except BaseException:
+        stop.set()  # the block failed: its load need not be waited out
+        raise
     finally:
         thread.join(timeout=seconds + GRACE_SECONDS + 30)
     if raised:

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import gevent
 from geventhttpclient.client import HTTPClientPool
 from locust import FastHttpUser, constant, constant_throughput, events, task
 from locust.runners import MasterRunner
+from locust.stats import CSV_STATS_INTERVAL_SEC
 from PIL import Image, ImageChops, ImageOps, ImageStat, UnidentifiedImageError
 
 from service.imaging import MEDIA_TYPES, ORIENTATION  # the import registers Pillow's HEIC reader too
@@ -99,6 +101,13 @@ def prepare_upload(environment, **_kwargs) -> None:
     # the master sends no requests, so it skips the work.
     if not isinstance(environment.runner, MasterRunner):
         upload()
+
+
+@events.quit.add_listener
+def let_the_csv_catch_up(**_kwargs) -> None:
+    # locust rewrites its --csv files once a second and closes them right after this event: without
+    # one more turn of its writer, the run's last second is missing from them.
+    gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.2)
 
 
 def answered_200(response) -> bool:

@@ -3,14 +3,16 @@ answers must all pass its checks, and against a server whose answers must all fa
 
 import io
 import itertools
+import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from harness.locust import LocustRun, run_locust
+from harness.locust import LocustRun, run_locust, under_load
 from harness.service import running_service
 from service.imaging import ORIENTATION  # also registers the HEIC reader and writer
 
@@ -29,6 +31,9 @@ def assert_clean(run: LocustRun, *names: str) -> None:
     for name in names:
         figures = run.figures(name)
         assert figures["requests"] > 0 and figures["failures"] == 0, run.output
+        # The CSV the harness reads holds the whole run: as many requests as locust's final table.
+        printed = re.search(rf"^(?:GET|POST)\s+{re.escape(name)}\s+(\d+)\s", run.output, re.MULTILINE)
+        assert printed and int(printed.group(1)) == figures["requests"], run.output[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +151,14 @@ def test_wrong_answers_are_failures(liar, tmp_path, turned_photo):
     ):
         assert expected in flip_errors, flip_errors
     assert "not a replica's answer" in "\n".join(run.errors("/"))
+
+
+def test_a_load_told_to_stop_ends_then_with_its_whole_report(service, tmp_path):
+    # under_load(then=...) ends locust the way its run time does, with the same report.
+    with under_load(service.url, tmp_path, seconds=120, users=2, then=2) as finished:
+        started = time.monotonic()
+        time.sleep(2)
+    took = time.monotonic() - started
+    run = finished[0]
+    assert took < 60, took  # stopped, not run to its 120 s
+    assert_clean(run, "/flip")

@@ -17,9 +17,15 @@ from harness.locust import LocustRun, under_load
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 USERS = 8
-# Load before the change, the change itself, and load after it.
+# Load before the change, the change itself (at most until LOAD_SECONDS), and load after it.
 LOAD_SECONDS = 50
 CHANGE_AT = 10
+AFTER = 10
+
+
+def changing(flipfleet, tmp_path):
+    """The load a change runs under: the block is the change."""
+    return under_load(flipfleet.url, tmp_path, LOAD_SECONDS, users=USERS, start_after=CHANGE_AT, then=AFTER)
 
 
 def assert_no_failures(run: LocustRun) -> dict:
@@ -37,7 +43,7 @@ def test_the_rolling_replacement_fails_no_request(stack, tmp_path):
     before = set(flipfleet.container_ids())
     assert versions_answering(flipfleet) == {"dev"}
     try:
-        with under_load(flipfleet.url, tmp_path, LOAD_SECONDS, users=USERS, start_after=CHANGE_AT) as finished:
+        with changing(flipfleet, tmp_path) as finished:
             started = time.monotonic()
             run(["bash", "scripts/rollout.sh", *flipfleet.compose_options()], timeout=600,
                 env={**flipfleet.env, "FLIP_VERSION": "rolled"})
@@ -55,7 +61,7 @@ def test_the_rolling_replacement_fails_no_request(stack, tmp_path):
 
 def test_scaling_down_from_3_to_1_fails_no_request(stack, tmp_path):
     flipfleet = stack(3)
-    with under_load(flipfleet.url, tmp_path, LOAD_SECONDS, users=USERS, start_after=CHANGE_AT) as finished:
+    with changing(flipfleet, tmp_path) as finished:
         flipfleet.compose("up", "-d", "--no-build", "--no-deps", "--scale", "web=1", "web", timeout=120)
     flips = assert_no_failures(finished[0])
     assert len(flipfleet.container_ids()) == 1
@@ -65,7 +71,7 @@ def test_scaling_down_from_3_to_1_fails_no_request(stack, tmp_path):
 def test_stopping_one_replica_fails_no_request(stack, tmp_path):
     flipfleet = stack(3)
     victim = flipfleet.container_ids()[0]
-    with under_load(flipfleet.url, tmp_path, LOAD_SECONDS, users=USERS, start_after=CHANGE_AT) as finished:
+    with changing(flipfleet, tmp_path) as finished:
         # What `docker compose stop` does to each container: the stop signal, then the grace period.
         run(["docker", "stop", victim], timeout=60)
     flips = assert_no_failures(finished[0])
@@ -93,7 +99,7 @@ def test_restarting_every_replica_at_once_refuses_only_with_json_503(stack, tmp_
     prober = threading.Thread(target=probe)
     prober.start()
     try:
-        with under_load(flipfleet.url, tmp_path, LOAD_SECONDS, users=USERS, start_after=CHANGE_AT) as finished:
+        with changing(flipfleet, tmp_path) as finished:
             started = time.monotonic()
             flipfleet.compose("restart", "web", timeout=120)
             assert time.monotonic() - started < LOAD_SECONDS - CHANGE_AT, "the restart outlasted the load"
