@@ -13,6 +13,7 @@ import requests
 from PIL import Image
 
 from harness import wait_for
+from harness.compose import run
 from service.config import Settings
 from tests.pictures import decode, encode, picture
 
@@ -174,3 +175,30 @@ def test_replica_metrics_are_not_served_to_clients(running_stack):
     assert response.json() == {"error": "not found", "status": 404}
     assert "X-Served-By" not in response.headers  # nginx answered; no replica was asked
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# Established TCP connections to the replica's port 8000 from other hosts, read from its own /proc.
+CONNECTIONS_FROM_OUTSIDE = """
+count = 0
+for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    local, remote, state = line.split()[1:4]
+    count += local.endswith(":1F40") and state == "01" and not remote.startswith("0100007F")
+print(count)
+"""
+
+
+def test_every_flip_reaches_its_replica_on_a_new_connection(running_stack):
+    # A connection nginx kept after a flip could carry the next one just as its replica, stopping,
+    # closes it as idle: that flip would be lost, as nginx never resends a POST.
+    replica = running_stack.container_ids()[0]
+
+    def connections_from_outside() -> int:
+        return int(run(["docker", "exec", replica, "python", "-c", CONNECTIONS_FROM_OUTSIDE]).stdout)
+
+    kept = connections_from_outside()  # nginx's kept connections for light requests, if any
+    png = encode(picture("RGB"), "PNG")
+    for _ in range(3):
+        response = requests.post(running_stack.url + "/flip", data=png, headers={"Content-Type": "image/png"},
+                                 timeout=30)
+        assert response.status_code == 200, response.text
+    assert connections_from_outside() == kept
