@@ -174,6 +174,10 @@ class FlipUser(FastHttpUser):
             if content_type != picture.media_type:
                 response.failure(f"Content-Type is {content_type}, not {picture.media_type}")
                 return
+            announced = int(response.headers.get("Content-Length") or -1)
+            if 0 <= announced != len(response.content):  # the connection closed before the whole answer
+                response.failure(f"Incomplete response: {len(response.content)} of {announced} bytes")
+                return
             problem = problem_with_picture(response.content, picture)
             if problem:
                 response.failure(problem)

@@ -72,6 +72,7 @@ def liar():
         (200, "image/jpeg", png),  # Content-Type and body disagree
         (200, "image/jpeg", encoded(Image.new("RGB", PHOTO_SIZE), "JPEG")),  # orientation ignored
         (200, "image/jpeg", jpeg[: len(jpeg) // 2]),  # truncated: only a full decode sees it
+        (200, "image/jpeg", jpeg, len(jpeg) + 1000),  # the connection closes before the whole answer
         (200, "image/jpeg", jpeg),  # the right size and format, but not flipped
         (503, "application/json", b'{"error": "busy", "status": 503}'),
     ])
@@ -81,18 +82,19 @@ def liar():
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
             with lock:
-                status, content_type, body = next(wrong_answers)
-            self.answer(status, content_type, body)
+                status, content_type, body, *announced = next(wrong_answers)
+            self.answer(status, content_type, body, *announced)
 
         def do_GET(self):
             self.answer(200, "text/html", b"<h1>Welcome to nginx!</h1>")
 
-        def answer(self, status, content_type, body):
+        def answer(self, status, content_type, body, announced=None):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(announced or len(body)))
             self.end_headers()
             self.wfile.write(body)
+            self.close_connection = announced is not None
 
         def log_message(self, *args):
             pass  # thousands of requests; the test reads locust's CSV instead
@@ -146,6 +148,7 @@ def test_wrong_answers_are_failures(liar, tmp_path, turned_photo):
         "the body is PNG, not JPEG",
         "the picture is 64x48, not 48x64",
         "the body is not a whole picture",
+        "Incomplete response",
         "the pixels are not the flip of the picture sent",
         "status 503, not 200",
     ):
