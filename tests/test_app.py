@@ -364,7 +364,7 @@ def test_a_picture_too_large_for_the_express_lane_waits_its_turn_and_is_flipped(
 
     first = threading.Thread(target=post, args=("blocker", blocker, "10.0.0.1"))
     first.start()
-    assert wait_for(lambda: gate.held == 1, timeout=10)
+    assert wait_for(lambda: gate.held == 1 and len(started) == 1, timeout=10)  # the blocker is flipping
     second = threading.Thread(target=post, args=("large", large, "10.0.0.2"))
     second.start()
     assert wait_for(lambda: len(started) == 2, timeout=10)  # tried in the lane, at its limits
