@@ -19,6 +19,8 @@ from service.sample import load_sample
 
 # Beyond the run time: locust's start-up and its final report; only a hung run reaches it.
 GRACE_SECONDS = 90
+# Load after an event under test: the flips go on once it is over.
+LOAD_AFTER_SECONDS = 10
 
 
 @dataclasses.dataclass
@@ -102,11 +104,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 @contextlib.contextmanager
 def under_load(url: str, tmp_path: Path, seconds: float, users: int = 8, start_after: float = 0,
-               then: float | None = None):
-    """`users` FlipUsers post the sample to `url` for `seconds`; the block runs `start_after`
-    seconds in. With `then`, the load goes on `then` seconds past the block and stops there
-    (`seconds` stays the most it runs). Yields a list that holds the finished run once the block
-    is done."""
+               then: float = LOAD_AFTER_SECONDS):
+    """`users` FlipUsers post the sample to `url`; the block runs `start_after` seconds in, and the
+    load goes on `then` seconds past it, for at most `seconds` in all. Yields a list that holds the
+    finished run once the block is done."""
     photo = tmp_path / "sample.jpg"
     photo.write_bytes(load_sample(None))
     finished: list[LocustRun] = []
@@ -125,9 +126,8 @@ def under_load(url: str, tmp_path: Path, seconds: float, users: int = 8, start_a
     time.sleep(start_after)
     try:
         yield finished
-        if then is not None:
-            thread.join(timeout=then)
-            stop.set()
+        thread.join(timeout=then)
+        stop.set()
     except BaseException:
         stop.set()  # the block failed: its load need not be waited out
         raise

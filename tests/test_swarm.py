@@ -24,9 +24,6 @@ from tests.checks import failures_of_a_kill, failures_of_a_lost_node
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 STACK = yaml.safe_load((ROOT / "deploy" / "swarm" / "stack.yaml").read_text())
 USERS = 8
-# Seconds of load after each event: the flips go on once it is over. (Each load's length is the
-# most the event may take.)
-AFTER = 10
 
 
 # -- the stack file (no Docker needed; it is generated from compose.yaml: tests/test_generated.py) --
@@ -106,7 +103,7 @@ def test_one_replica_per_cpu_each_answers_and_a_scale_is_picked_up_without_resta
 def test_a_killed_replica_is_replaced_under_load(one_node, tmp_path):
     before = one_node.tasks()
     victim = before[0]
-    with under_load(one_node.url, tmp_path, seconds=30, then=AFTER) as finished:
+    with under_load(one_node.url, tmp_path, seconds=30) as finished:
         time.sleep(10)
         pid = int(run(["docker", "inspect", "--format", "{{.State.Pid}}", victim["container"]]).stdout)
         run(["kill", "-9", str(pid)])
@@ -128,7 +125,7 @@ def test_a_killed_replica_is_replaced_under_load(one_node, tmp_path):
 @pytest.mark.slow
 def test_a_rolling_update_under_load_fails_no_request(one_node, tmp_path):
     before = {t["task"] for t in one_node.tasks()}
-    with under_load(one_node.url, tmp_path, seconds=90, then=AFTER) as finished:
+    with under_load(one_node.url, tmp_path, seconds=90) as finished:
         time.sleep(8)
         started = time.monotonic()
         one_node.script("swarm-rollout.sh", FLIP_VERSION="rolled")
@@ -156,7 +153,7 @@ def test_an_update_that_never_gets_healthy_rolls_back_by_itself(one_node, tmp_pa
     run(["docker", "push", "-q", broken], timeout=120)
     before = one_node.tasks()
     images = {t["image"] for t in before}
-    with under_load(one_node.url, tmp_path, seconds=90, then=AFTER) as finished:
+    with under_load(one_node.url, tmp_path, seconds=90) as finished:
         time.sleep(5)
         started = time.monotonic()
         result = one_node.script("swarm-rollout.sh", "--no-build", FLIP_VERSION="broken", check=False)
@@ -259,14 +256,15 @@ def test_one_replica_per_cpu_spread_over_three_nodes_an_nginx_on_each_and_each_s
     names = lab.node_names()
     node_of = {t["container"][:12]: names[t["node"]] for t in lab.tasks(WEB)}
     answered_on = collections.Counter()
-    # Each nginx takes its turn over every replica (least_conn ties go round-robin): enough flips
-    # for each of the three to reach all of them, whatever order each lists them in.
-    for _ in range(3 * chosen):
+    # Each nginx (one per node) takes its turn over every replica (least_conn ties go round-robin):
+    # enough flips for each to reach all of them, whatever order each lists them in.
+    flips = len(lab.nodes) * chosen
+    for _ in range(flips):
         response = requests.post(lab.url + "/flip", timeout=60)
         assert response.status_code == 200
         answered_on[node_of[response.headers["X-Served-By"]]] += 1
     assert set(answered_on) == set(lab.nodes), answered_on
-    print(f"{chosen} replicas (one per CPU the nodes report) spread {dict(per_node)}; {3 * chosen} flips through "
+    print(f"{chosen} replicas (one per CPU the nodes report) spread {dict(per_node)}; {flips} flips through "
           f"haproxy answered on {dict(answered_on)}")
 
 
@@ -290,7 +288,7 @@ def test_a_rolling_update_of_nginx_drops_no_request(lab, tmp_path):
         while not stop.wait(0.5):
             shares.append(lab.nginx_admission(NGINX))
 
-    with under_load(lab.url, tmp_path, seconds=150, then=AFTER) as finished:
+    with under_load(lab.url, tmp_path, seconds=150) as finished:
         time.sleep(8)
         started = time.monotonic()
         with alongside(sample_shares, timeout=120):
@@ -322,7 +320,7 @@ def test_losing_a_manager_keeps_a_quorum_a_scale_works_and_the_flips_go_on(lab, 
     leader = next(node for node, status in lab.managers().items() if status == "Leader")
     replicas = desired_replicas(lab)
     try:
-        with under_load(lab.url, tmp_path, seconds=120, then=AFTER) as finished:
+        with under_load(lab.url, tmp_path, seconds=120) as finished:
             time.sleep(10)
             stopped_at = time.monotonic()
             lab.stop_node(leader)
@@ -354,7 +352,7 @@ def test_losing_the_node_with_the_most_replicas_fails_only_what_it_held(lab, tmp
     lost, held = per_node.most_common(1)[0]
     replicas = desired_replicas(lab)
     try:
-        with under_load(lab.url, tmp_path, seconds=120, then=AFTER) as finished:
+        with under_load(lab.url, tmp_path, seconds=120) as finished:
             time.sleep(10)
             stopped_at = time.monotonic()
             lab.stop_node(lost)
