@@ -21,6 +21,8 @@ NGINX_ACCESS = re.compile(
     r'rid=(?P<rid>\S+) "(?P<request>[^"]*)" (?P<status>\d{3}) \d+ upstream=(?P<upstreams>.*?) '
     r"upstream_status=(?P<upstream_statuses>.*?) upstream_time=(?P<upstream_times>.*?) time="
 )
+# nginx separates the tries of one pass by ", " and a second pass (an error_page's) by " : ".
+TRIES = re.compile(r", | : ")
 
 
 SIZE = re.compile(r"(\d+)([kmg]?)(i?)b?", re.IGNORECASE)
@@ -227,14 +229,16 @@ class Stack:
 
     def nginx_requests(self) -> list[dict]:
         """nginx's access log, a dict per request: request, status, and the replicas tried in order
-        (`upstreams`, `upstream_statuses`, `upstream_times`: one entry per replica tried)."""
+        (`upstreams`, `upstream_statuses`, `upstream_times`: one entry per replica tried, over both
+        passes of a request nginx tried again after its 502; `passes` counts them)."""
         found = []
         for match in NGINX_ACCESS.finditer(self.logs("nginx")):
             entry = match.groupdict()
             entry["status"] = int(entry["status"])
-            entry["upstreams"] = entry["upstreams"].split(", ")
-            entry["upstream_statuses"] = entry["upstream_statuses"].split(", ")
-            entry["upstream_times"] = [float(t) if t != "-" else None for t in entry["upstream_times"].split(", ")]
+            entry["passes"] = entry["upstream_statuses"].count(" : ") + 1
+            entry["upstreams"] = TRIES.split(entry["upstreams"])
+            entry["upstream_statuses"] = TRIES.split(entry["upstream_statuses"])
+            entry["upstream_times"] = [float(t) if t != "-" else None for t in TRIES.split(entry["upstream_times"])]
             found.append(entry)
         return found
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -12,14 +13,17 @@ import time
 
 import pytest
 import requests
+import yaml
+from PIL import Image
 
 from harness import alongside, client, wait_for
 from harness.compose import ROOT, run
+from harness.dns import DNSServer
 from harness.locust import run_locust
 from service.config import Settings
 from service.sample import load_sample
 from tests.checks import assert_json_503, failures_of_a_kill
-from tests.pictures import encode, picture
+from tests.pictures import decode, encode, picture
 
 pytestmark = pytest.mark.docker
 
@@ -124,6 +128,55 @@ def test_a_replica_killed_every_15_s_under_load_fails_only_the_flips_it_held(sta
           f"{flips['failures']} failed: {cut} answers cut mid-transfer, {refused} held by a killed replica "
           f"(nginx logged {len(died_under)} such); {len(retried)} sent on after a refused connection; "
           f"{flips['rps']:.2f} req/s, p95 {flips['p95_ms']:.0f} ms")
+
+
+@pytest.mark.parametrize(
+    ("gone", "first_pass"),
+    [([250], ["504"]),  # its one try timed out
+     ([250, 251], ["504", "502"])],  # nginx could try no other: "no live upstreams"
+    ids=["one-gone-replica", "two-gone-replicas"],
+)
+def test_a_flip_whose_replica_list_changes_while_it_waits_on_a_gone_replica_is_served(stack, tmp_path, gone,
+                                                                                       first_pass):
+    """nginx ends a request's tries when `resolve` changes the replica list under it: the flip that
+    no replica received must still reach the live one."""
+    subnet = f"10.{random.randint(200, 254)}.{random.randint(0, 255)}"
+    replica, gone = f"{subnet}.10", [f"{subnet}.{host}" for host in gone]  # nothing answers there
+    with DNSServer() as dns:
+        dns.set("web", [replica])
+        override = tmp_path / "resolver.yaml"
+        override.write_text(yaml.safe_dump({
+            "networks": {"default": {"ipam": {"config": [{"subnet": f"{subnet}.0/24"}]}}},
+            "services": {"web": {"networks": {"default": {"ipv4_address": replica}}},
+                         "nginx": {"environment": {"NGINX_RESOLVER": f"{subnet}.1:{dns.port}"}}},
+        }))
+        flipfleet = stack(1, override)
+        png = encode(picture("RGB"), "PNG")
+
+        dns.set("web", gone)  # nginx knows only replicas that are gone
+        assert dns.wait_answered("web", gone, timeout=10), dns.answered
+        # While nginx waits on its next lookup, a flip goes to a gone replica; the lookup then
+        # lists the live one again, within the 250 ms nginx waits for that connect.
+        assert dns.hold_next(timeout=10), "nginx made no lookup to hold"
+        answers = []
+        sender = threading.Thread(target=lambda: answers.append(client.post(
+            flipfleet.url + "/flip", png, {"Content-Type": "image/png", "X-Request-ID": "listed-anew"}, timeout=60)))
+        sender.start()
+        time.sleep(0.1)
+        dns.set("web", [*gone, replica])
+        dns.release()
+        sender.join(timeout=70)
+
+    (answer,) = answers
+    (logged,) = [entry for entry in flipfleet.nginx_requests() if entry["rid"] == "listed-anew"]
+    print(f"a flip sent to a gone replica as the list changed: {answer.status}; nginx tried "
+          f"{', '.join(logged['upstreams'])} ({', '.join(logged['upstream_statuses'])})")
+    # The case under test: the first pass tried a gone replica, then ended on the list change.
+    assert logged["upstreams"][0].removesuffix(":8000") in gone, logged
+    assert logged["upstream_statuses"][:len(first_pass)] == first_pass, logged
+    assert answer.status == 200, answer.body[:300]
+    assert decode(answer.body).tobytes() == picture("RGB").transpose(Image.Transpose.FLIP_TOP_BOTTOM).tobytes()
+    assert logged["passes"] == 2 and logged["upstreams"][-1] == f"{replica}:8000", logged
 
 
 @pytest.mark.slow
