@@ -1,10 +1,10 @@
-"""What glibc's mmap threshold does to a replica's memory under floods of large uploads.
+"""What glibc's settings in the image do to a replica's memory under floods of large uploads.
 
-    python -m loadtest.memory [--rounds 4] [--clients 8]
+    python -m loadtest.memory [--rounds 4] [--clients 10]
 
-Starts `python -m service` twice, side by side in turns: as the image runs it
-(MALLOC_ARENA_MAX=2, MALLOC_MMAP_THRESHOLD_=8 MiB) and without the threshold (glibc's sliding
-one). Each gets rounds of `--clients` concurrent POST /flip of a 20 MB picture (4300x5300
+Starts `python -m service` in turns: with glibc set as the image sets it (the Dockerfile's
+MALLOC_* and GLIBC_TUNABLES), without its mmap threshold (glibc's sliding one), and without its
+huge pages. Each gets rounds of `--clients` concurrent POST /flip of a 20 MB picture (4300x5300
 random noise, quality 90); prints the process's peak resident memory after each round, and what
 it holds once the rounds are over.
 """
@@ -15,16 +15,27 @@ import argparse
 import concurrent.futures
 import io
 import random
+import re
 import threading
 from pathlib import Path
 
 import requests
 from PIL import Image
 
+from harness import ROOT
 from harness.service import running_service
+from service.config import Settings
 
-IMAGE_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "8388608"}
-VARIANTS = {"as the image runs it": IMAGE_ENV, "no mmap threshold": {"MALLOC_ARENA_MAX": "2"}}
+# glibc's settings as the image's Dockerfile sets them, for local processes that run as a replica.
+IMAGE_ENV = dict(re.findall(r"^\s+(MALLOC_[A-Z_]+|GLIBC_TUNABLES)=(\S+)", (ROOT / "Dockerfile").read_text(), re.M))
+
+
+def without(name: str) -> dict[str, str]:
+    return {key: value for key, value in IMAGE_ENV.items() if key != name}
+
+
+VARIANTS = {"as the image runs it": IMAGE_ENV, "no mmap threshold": without("MALLOC_MMAP_THRESHOLD_"),
+            "no huge pages": without("GLIBC_TUNABLES")}
 
 
 def noise_jpeg(size: tuple[int, int] = (4300, 5300)) -> bytes:
@@ -68,7 +79,8 @@ def floods(env: dict[str, str], picture: bytes, rounds: int, clients: int) -> tu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--clients", type=int, default=8, help="concurrent uploads a round (FLIP_QUEUE is 8)")
+    queue = Settings.from_env({}).queue
+    parser.add_argument("--clients", type=int, default=queue, help=f"concurrent uploads a round (FLIP_QUEUE: {queue})")
     args = parser.parse_args(argv)
     picture = noise_jpeg()
     print(f"{args.rounds} rounds of {args.clients} concurrent flips of a {len(picture) / 1e6:.1f} MB picture")

@@ -1,6 +1,6 @@
 """What the service costs above Pillow's own work, for the sample photo; and each format's paths.
 
-    python -m loadtest.overhead [--rounds N] [--format-rounds N]
+    python -m loadtest.overhead [--rounds N] [--format-rounds N] [--glibc-rounds N]
 
 Interleaves, round by round so that machine noise hits all alike: Pillow alone (decode, flip,
 encode with the source's tables), service.imaging.flip, one POST /flip of the same bytes to
@@ -18,6 +18,10 @@ side: Pillow alone, imaging.flip re-encoding, and for JPEG the lossless path, ea
 same way (medians over --format-rounds), with its peak memory: how far a fresh process's
 resident memory rises above what it holds before the flip, for one flip (no Pillow blocks kept,
 glibc set as the image sets it: loadtest.memory.IMAGE_ENV).
+
+Last, glibc's settings side by side: the sample's lossless and re-encoded flips, each in fresh
+processes set as the image sets glibc, without its mmap threshold, without its huge pages, and
+at glibc's defaults, interleaved (--glibc-rounds): the CPU per flip of each against the image's.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from pathlib import Path
 from PIL import Image, JpegImagePlugin
 
 from harness.service import running_service
-from loadtest.memory import IMAGE_ENV
+from loadtest.memory import IMAGE_ENV, VARIANTS
 from service import imaging
 from service.config import Settings
 from service.imaging import keep_image_memory
@@ -105,10 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="measured rounds (default 15)")
     parser.add_argument("--format-rounds", type=int, default=5,
                         help="measured rounds of the per-format comparison (default 5)")
+    parser.add_argument("--glibc-rounds", type=int, default=3,
+                        help="rounds of the comparison of glibc's settings (default 3; 0 skips it)")
     parser.add_argument("--peak-of", nargs=2, metavar=("PATH_NAME", "FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-of", metavar="PATH_NAME", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak_of:
         _measure_peak(args.peak_of[0], Path(args.peak_of[1]))
+        return 0
+    if args.cpu_of:
+        _measure_cpu(args.cpu_of)
         return 0
 
     data = make_sample()
@@ -156,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
           f"   {median['metrics'] / median['http']:.3%} of POST /flip (goal: at most 2 %)")
     print()
     compare_paths(data, args.format_rounds)
+    if args.glibc_rounds:
+        print()
+        compare_glibc(args.glibc_rounds)
     return 0
 
 
@@ -228,6 +241,51 @@ def compare_paths(sample: bytes, rounds: int) -> None:
             peak = peaks[fmt, name]
             print(f"  {name:<14} median {median * 1000:7.1f} ms  x{median / alone:.3f} of Pillow alone"
                   f"   peak {peak / 2**20:4.0f} MiB, {peak / (im.width * im.height):4.1f} bytes a pixel")
+
+
+# glibc's settings compared, from the image's own (loadtest.memory) to glibc's defaults.
+GLIBC_VARIANTS = {**VARIANTS, "glibc's defaults": {}}
+FLIPS_PER_PROCESS = 4
+
+
+def compare_glibc(rounds: int) -> None:
+    """The sample's flip on each JPEG path in a fresh process under each of GLIBC_VARIANTS, the
+    processes interleaved round by round: CPU seconds per flip, against the image's settings."""
+    ours = {key: value for key, value in os.environ.items() if not key.startswith(("MALLOC_", "GLIBC_"))}
+    keys = [(name, variant) for name in ("lossless", "re-encoded") for variant in GLIBC_VARIANTS]
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
+    for round_number in range(rounds):
+        shift = round_number % len(keys)
+        for name, variant in keys[shift:] + keys[:shift]:
+            done = subprocess.run([sys.executable, "-m", "loadtest.overhead", "--cpu-of", name], capture_output=True,
+                                  text=True, timeout=600, check=True, env={**ours, **GLIBC_VARIANTS[variant]})
+            times[name, variant].append(float(done.stdout.split()[-1]))
+    print(f"glibc's settings: the sample's flip, CPU per flip (median of {rounds} fresh processes, "
+          f"{FLIPS_PER_PROCESS} flips each after a first)")
+    for name in ("lossless", "re-encoded"):
+        image = statistics.median(times[name, "as the image runs it"])
+        for variant, env in GLIBC_VARIANTS.items():
+            median = statistics.median(times[name, variant])
+            settings = " ".join(f"{key}={value}" for key, value in env.items()) or "-"
+            print(f"  {name:<10} {variant:<20} {median * 1000:6.1f} ms  x{median / image:.3f}   {settings}")
+
+
+def _measure_cpu(name: str) -> None:
+    data = make_sample()
+    keep_image_memory(Settings.from_env({}).pillow_blocks)  # as `python -m service` does
+
+    def flips() -> list[float]:
+        PATHS["JPEG"][name](data)  # the codecs loaded, Pillow's blocks kept
+        spent = []
+        for _ in range(FLIPS_PER_PROCESS):
+            started = time.process_time()
+            PATHS["JPEG"][name](data)
+            spent.append(time.process_time() - started)
+        return spent
+
+    # On a worker thread, as waitress runs the app.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
+        print(statistics.median(worker.submit(flips).result()))
 
 
 def peak_memory(name: str, path: Path) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import json
 import os
 import random
 import re
@@ -16,8 +17,9 @@ import yaml
 from PIL import Image
 
 from harness import ROOT, alongside, client, usage
-from harness.compose import size
+from harness.compose import run, size
 from harness.locust import run_locust
+from loadtest.memory import IMAGE_ENV
 from service import memory
 from service.config import Settings
 from service.sample import load_sample
@@ -26,6 +28,16 @@ from service.sample import load_sample
 def compose_web_limit() -> int:
     limit = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["web"]["deploy"]["resources"]["limits"]
     return size(re.fullmatch(r"\$\{WEB_MEMORY_LIMIT:-(\w+)\}", limit["memory"]).group(1))
+
+
+@pytest.mark.docker
+def test_local_runs_set_glibc_as_the_image_does(docker_images):
+    # What loadtest.memory and loadtest.overhead give a local `python -m service`, against the
+    # environment of the image that was built.
+    inspect = run(["docker", "image", "inspect", "flipfleet-web:latest", "--format", "{{json .Config.Env}}"])
+    env = dict(entry.split("=", 1) for entry in json.loads(inspect.stdout))
+    glibc = {key: value for key, value in env.items() if key.startswith(("MALLOC_", "GLIBC_"))}
+    assert glibc and IMAGE_ENV == glibc
 
 
 def test_the_worst_case_fits_the_limit_every_deployment_sets():

@@ -4,11 +4,14 @@ to flip (re-encoding with Pillow, or TurboJPEG's lossless transform), and each h
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
+import os
 import time
 
 from PIL import Image
 
+from loadtest.memory import IMAGE_ENV
 from loadtest.overhead import pillow_alone
 from service import jpeg_lossless
 from service.config import Settings
@@ -46,13 +49,30 @@ def _flip_for(seconds: float, sample: bytes, start: float, path: str) -> tuple[i
 
 def ceiling(seconds: float, processes: int, path: str = "re-encoded") -> tuple[float, float]:
     """Flips per second with the flip alone, one process per core, all starting together, and
-    the CPU seconds of one flip."""
+    the CPU seconds of one flip. The processes set glibc as the image does (loadtest.memory), so
+    that the stack is compared with the same allocator."""
     sample = load_sample(None)
     start = time.time() + 2  # let every process be ready first
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+    with _environment(IMAGE_ENV), multiprocessing.get_context("spawn").Pool(processes) as pool:
         results = pool.starmap(_flip_for, [(seconds, sample, start, path)] * processes)
     done = sum(count for count, _ in results)
     return done / seconds, sum(cpu for _, cpu in results) / max(done, 1)
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    """os.environ with `variables` set while the block starts processes (glibc reads its settings
+    once, as a process starts), then as it was."""
+    saved = {key: os.environ.get(key) for key in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def available(path: str) -> bool:

@@ -59,8 +59,9 @@ def machine() -> dict:
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")), platform.processor(),
     )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=30)
+    # "-dirty" when the tree differs from the commit: the run is of uncommitted code.
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
     return {
         "cores": os.cpu_count(),
         "cpu": model,
