@@ -22,9 +22,6 @@ RUN apt-get update \
 # blocks held memory flat under steady load. MALLOC_MMAP_THRESHOLD_: bodies and answers over
 # 8 MiB get pages of their own, handed back when freed; glibc's sliding threshold otherwise puts
 # them in the heap, which floods of 20 MB uploads fragment (python -m loadtest.memory).
-# glibc.malloc.hugetlb=1: those pages come 2 MiB at a time where the host's transparent huge
-# pages are on (`always` or `madvise`): a flip faults in its 72 MB of pixels or coefficients in
-# dozens of faults, not thousands (python -m loadtest.overhead shows the cost either way).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
@@ -32,8 +29,7 @@ ENV PYTHONUNBUFFERED=1 \
     PORT=8000 \
     FLIP_SAMPLE_PATH=/srv/flipfleet/sample.jpg \
     MALLOC_ARENA_MAX=2 \
-    MALLOC_MMAP_THRESHOLD_=8388608 \
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+    MALLOC_MMAP_THRESHOLD_=8388608
 # A fixed numeric uid, so compose and the host can refer to it.
 RUN groupadd --system --gid 10001 flipfleet \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin flipfleet

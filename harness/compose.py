@@ -230,7 +230,7 @@ class Stack:
     def nginx_requests(self) -> list[dict]:
         """nginx's access log, a dict per request: request, status, and the replicas tried in order
         (`upstreams`, `upstream_statuses`, `upstream_times`: one entry per replica tried, over both
-        passes of a request nginx tried again after its 502; `passes` counts them)."""
+        passes of a request nginx tried again after its own 502 or 504; `passes` counts them)."""
         found = []
         for match in NGINX_ACCESS.finditer(self.logs("nginx")):
             entry = match.groupdict()

@@ -20,8 +20,8 @@ resident memory rises above what it holds before the flip, for one flip (no Pill
 glibc set as the image sets it: loadtest.memory.IMAGE_ENV).
 
 Last, glibc's settings side by side: the sample's lossless and re-encoded flips, each in fresh
-processes set as the image sets glibc, without its mmap threshold, without its huge pages, and
-at glibc's defaults, interleaved (--glibc-rounds): the CPU per flip of each against the image's.
+processes set as the image sets glibc, without its mmap threshold, with huge pages, and at
+glibc's defaults, interleaved (--glibc-rounds): the CPU per flip of each against the image's.
 """
 
 from __future__ import annotations
