@@ -36,12 +36,12 @@ fi
 : "${NGINX_RESOLVER:=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf 2>/dev/null)}"
 : "${NGINX_INSTANCES:=1}" "${NGINX_TRUSTED_PROXIES:=}" "${NGINX_PEERS:=}"
 export NGINX_RESOLVER
-for name in FLIP_UPSTREAM NGINX_RESOLVER FLIP_QUEUE FLIP_MAX_BYTES FLIP_CLIENT_SHARE; do
+for name in FLIP_UPSTREAM NGINX_RESOLVER FLIP_QUEUE FLIP_MAX_BYTES FLIP_CLIENT_SHARE FLIP_ANSWER_SECONDS; do
   [[ -n ${!name:-} ]] || die "$name is not set"
 done
 listed() { getent ahostsv4 "$1" 2>/dev/null | awk '{ print $1 }' | sort -u | wc -l; }
 : "${WEB_REPLICAS:=$(n=$(listed "${FLIP_UPSTREAM%:*}"); echo $((n > 0 ? n : 1)))}"
-for name in WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES FLIP_CLIENT_SHARE NGINX_INSTANCES; do
+for name in WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES FLIP_CLIENT_SHARE FLIP_ANSWER_SECONDS NGINX_INSTANCES; do
   [[ ${!name} =~ ^[0-9]+$ ]] || die "$name must be a whole number, not '${!name}'"
   ((${!name} >= 1)) || die "$name must be at least 1"
 done

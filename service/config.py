@@ -46,6 +46,7 @@ class Settings:
     max_total_pixels: int = dataclasses.field(metadata={"env": "FLIP_MAX_TOTAL_PIXELS"})
     max_scans: int = dataclasses.field(metadata={"env": "FLIP_MAX_SCANS"})
     max_seconds: int = dataclasses.field(metadata={"env": "FLIP_MAX_SECONDS"})
+    answer_seconds: int = dataclasses.field(metadata={"env": "FLIP_ANSWER_SECONDS"})
     drain_seconds: int = dataclasses.field(metadata={"env": "FLIP_DRAIN_SECONDS", "minimum": 0})
     pillow_blocks: int = dataclasses.field(metadata={"env": "FLIP_PILLOW_BLOCKS", "minimum": 0})
     # Where and as what this process runs: the image sets them, so their defaults live here.
@@ -74,6 +75,10 @@ class Settings:
             raise ConfigError(
                 f"FLIP_QUEUE ({settings.queue}) must be at least FLIP_CONCURRENCY ({settings.concurrency})"
             )
+        if settings.max_seconds >= settings.answer_seconds:
+            # nginx would give up first: the client would get a 504 for what the replica answers with a 422.
+            raise ConfigError(f"FLIP_MAX_SECONDS ({settings.max_seconds}) must be below FLIP_ANSWER_SECONDS "
+                              f"({settings.answer_seconds}), the seconds nginx waits for an answer")
         return settings
 
     @classmethod

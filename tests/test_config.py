@@ -15,7 +15,7 @@ def test_defaults_are_safe():
     # The article's burst of 10 from one client is held whole by one replica, and fits one
     # client's share; no client holds more than the queue.
     assert settings.client_share <= settings.queue and 10 <= settings.client_share
-    assert settings.max_seconds < 60  # within nginx's wait for an answer
+    assert settings.max_seconds < settings.answer_seconds  # a flip past its deadline is the replica's 422
 
 
 def test_every_setting_has_one_default_and_the_file_holds_only_settings():
@@ -45,6 +45,7 @@ def test_every_setting_has_its_variable():
         "FLIP_MAX_TOTAL_PIXELS": "30",
         "FLIP_MAX_SCANS": "7",
         "FLIP_MAX_SECONDS": "4",
+        "FLIP_ANSWER_SECONDS": "9",
         "FLIP_DRAIN_SECONDS": "0",
         "FLIP_SAMPLE_PATH": "/srv/sample.jpg",
         "FLIP_REPLICA_NAME": "web-1",
@@ -57,7 +58,7 @@ def test_every_setting_has_its_variable():
     assert settings.client_share == 3
     assert (settings.max_bytes, settings.max_pixels, settings.max_frames) == (1_000_000, 10, 3)
     assert settings.max_total_pixels == 30
-    assert (settings.max_scans, settings.max_seconds) == (7, 4)
+    assert (settings.max_scans, settings.max_seconds, settings.answer_seconds) == (7, 4, 9)
     assert settings.drain_seconds == 0
     assert settings.sample_path == "/srv/sample.jpg"
     assert settings.replica == "web-1"
@@ -101,6 +102,8 @@ def test_port_zero_asks_for_a_free_port():
         ({"FLIP_QUEUE": "+8"}, "whole number"),
         ({"FLIP_DRAIN_SECONDS": "-1"}, "FLIP_DRAIN_SECONDS must be a whole number"),
         ({"FLIP_CONCURRENCY": "3", "FLIP_QUEUE": "2"}, "FLIP_QUEUE \\(2\\) must be at least FLIP_CONCURRENCY \\(3\\)"),
+        ({"FLIP_MAX_SECONDS": "30", "FLIP_ANSWER_SECONDS": "30"},
+         "FLIP_MAX_SECONDS \\(30\\) must be below FLIP_ANSWER_SECONDS"),
     ],
 )
 def test_bad_values_are_refused_by_name(environ, message):

@@ -171,6 +171,8 @@ def test_the_nginx_pods_are_the_compose_nginx():
     docs, nginx = render("base"), COMPOSE["services"]["nginx"]
     spec, main = pod(docs, "flipfleet-nginx"), container(docs, "flipfleet-nginx")
     assert main["image"] == compose_default(nginx["image"])
+    # Its graceful stop outlasts the longest wait for a replica's answer.
+    assert spec["terminationGracePeriodSeconds"] > Settings.from_env({}).answer_seconds
     assert main["command"] == nginx["entrypoint"]
     assert str(spec["securityContext"]["runAsUser"]) == nginx["user"].split(":")[0]
     limit = nginx["deploy"]["resources"]["limits"]["memory"]

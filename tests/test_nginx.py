@@ -62,6 +62,15 @@ def test_body_limits_follow_the_service_setting(tmp_path, env):
     assert f'413     "{app_413.get_json()["error"]}";' in conf
 
 
+@pytest.mark.parametrize("env", [{}, {"FLIP_ANSWER_SECONDS": "7", "FLIP_MAX_SECONDS": "3"}], ids=["default", "7s"])
+def test_the_wait_for_an_answer_follows_the_service_setting(tmp_path, env):
+    conf, _ = render(tmp_path, **env)
+    answer_seconds = Settings.from_env(env).answer_seconds
+    assert directive(conf, "proxy_read_timeout") == [f"{answer_seconds}s"]
+    # The JSON 504 names the wait the client was given.
+    assert f"no answer from the replica within {answer_seconds} s:" in conf
+
+
 @pytest.mark.parametrize(
     ("env", "max_conns", "large"),
     [({"WEB_REPLICAS": "3", "FLIP_QUEUE": "5"}, 5, 15),
@@ -156,6 +165,7 @@ def test_every_status_nginx_can_answer_itself_is_json(tmp_path):
         ({"FLIP_QUEUE": "0"}, "FLIP_QUEUE must be at least 1"),
         ({"FLIP_UPSTREAM": ""}, "FLIP_UPSTREAM is not set"),
         ({"FLIP_CLIENT_SHARE": "-1"}, "FLIP_CLIENT_SHARE must be a whole number"),
+        ({"FLIP_ANSWER_SECONDS": "60s"}, "FLIP_ANSWER_SECONDS must be a whole number"),
         ({"NGINX_TRUSTED_PROXIES": "10.0.0.0/8; evil"}, "is not an address or network"),
     ],
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -56,6 +57,12 @@ def test_compose_tmpfs_is_a_sized_tmpfs_volume_in_the_stack():
         size = COMPOSE["services"][name]["tmpfs"][0].split("size=")[1]
         (volume,) = [v for v in STACK["services"][name]["volumes"] if v["type"] == "tmpfs"]
         assert volume["target"] == "/tmp" and volume["tmpfs"]["size"] == int(size[:-1]) * 1024 * 1024
+
+
+def test_haproxy_waits_longer_than_nginx_so_that_nginx_answers_first():
+    config = (ROOT / "deploy" / "swarm" / "haproxy.cfg").read_text()
+    waits = [int(seconds) for seconds in re.findall(r"^\s*timeout (?:client|server) (\d+)s$", config, re.MULTILINE)]
+    assert len(waits) == 2 and min(waits) > Settings.from_env({}).answer_seconds
 
 
 # -- on Docker ------------------------------------------------------------------------------------
