@@ -16,6 +16,8 @@ import requests
 from harness import ROOT, wait_for
 
 UP_TIMEOUT_S = 180
+# Flip clients that start this much later than asked are not running together.
+FLIP_CLIENT_LATE_S = 1.0
 # nginx's log_format flipfleet (nginx/nginx.conf.template).
 NGINX_ACCESS = re.compile(
     r'rid=(?P<rid>\S+) "(?P<request>[^"]*)" (?P<status>\d{3}) \d+ upstream=(?P<upstreams>.*?) '
@@ -242,10 +244,11 @@ class Stack:
             found.append(entry)
         return found
 
-    def flip_clients(self, *clients: dict, seconds: float, start_in: float = 10) -> list[dict]:
+    def flip_clients(self, *clients: dict, seconds: float, start_in: float = 3) -> list[dict]:
         """Run one harness.flipclient container per entry of `clients` (its options: connections, size)
         at once on the stack's network, each with an address of its own; what each got. They start
-        flipping together, `start_in` seconds from now (time for the containers to start)."""
+        flipping together, `start_in` seconds from now (time for the containers to start; a client
+        that starts later than that by more than FLIP_CLIENT_LATE_S fails the call)."""
         start_at = time.time() + start_in
         started = [subprocess.Popen(
             ["docker", "run", "--rm", "--network", f"{self.project}_default", "--memory", "512m",
@@ -259,6 +262,9 @@ class Stack:
             if process.returncode != 0:
                 raise RuntimeError(f"a flip client failed ({process.returncode}):\n{err[-2000:]}")
             found.append(json.loads(out))
+        late = [each["late_s"] for each in found if each["late_s"] > FLIP_CLIENT_LATE_S]
+        if late:
+            raise RuntimeError(f"flip clients started {late} s late, so not together: give them a longer start_in")
         return found
 
     def replica_names(self, requests_count: int) -> list[str]:

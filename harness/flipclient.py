@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.size.split("x"))
     body = make_sample(width, height)
     time.sleep(max(0.0, min(args.start_at - time.time(), 120)))
+    late_s = max(0.0, time.time() - args.start_at) if args.start_at else 0.0
     until = time.monotonic() + args.seconds
     results: list = []
     lock = threading.Lock()
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     flipped = [seconds for status, seconds, *_ in results if status == 200]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     json.dump({
-        "bytes_sent": len(body), "seconds": round(time.monotonic() - started, 2),
+        "bytes_sent": len(body), "seconds": round(time.monotonic() - started, 2), "late_s": round(late_s, 2),
         "statuses": {str(k): v for k, v in statuses.items()}, "flips": len(flipped),
         "mean_flip_s": round(sum(flipped) / len(flipped), 3) if flipped else None,
         "refusals": dict(refusals.most_common(5)),

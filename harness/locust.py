@@ -20,7 +20,7 @@ from service.sample import load_sample
 # Beyond the run time: locust's start-up and its final report; only a hung run reaches it.
 GRACE_SECONDS = 90
 # Load after an event under test: the flips go on once it is over.
-LOAD_AFTER_SECONDS = 10
+LOAD_AFTER_SECONDS = 5
 
 
 @dataclasses.dataclass

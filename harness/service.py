@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -37,9 +37,10 @@ class LocalService:
             self._reader.join(timeout=10)  # so that `output` holds the last lines
 
 
-def start_service(timeout: float = 60, **env: str) -> LocalService:
-    """Start the service with PORT=0 and `env`; return once it has said where it listens."""
-    environ = {**os.environ, "PORT": "0", "PYTHONUNBUFFERED": "1", **env}
+def start_service(timeout: float = 60, base: Mapping[str, str] | None = None, **env: str) -> LocalService:
+    """Start the service with PORT=0 and `env` over `base` (this process's environment unless
+    given); return once it has said where it listens."""
+    environ = {**(os.environ if base is None else base), "PORT": "0", "PYTHONUNBUFFERED": "1", **env}
     process = subprocess.Popen(
         [sys.executable, "-m", "service"],
         env=environ,
@@ -71,8 +72,8 @@ def start_service(timeout: float = 60, **env: str) -> LocalService:
 
 
 @contextlib.contextmanager
-def running_service(**env: str) -> Iterator[LocalService]:
-    service = start_service(**env)
+def running_service(base: Mapping[str, str] | None = None, **env: str) -> Iterator[LocalService]:
+    service = start_service(base=base, **env)
     try:
         yield service
     finally:

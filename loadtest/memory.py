@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import io
+import os
 import random
 import re
 import threading
@@ -26,8 +27,17 @@ from harness import ROOT
 from harness.service import running_service
 from service.config import Settings
 
+# The environment variables that glibc's malloc reads (MALLOC_ARENA_MAX, GLIBC_TUNABLES, ...).
+GLIBC_PREFIXES = ("MALLOC_", "GLIBC_")
 # glibc's settings as the image's Dockerfile sets them, for local processes that run as a replica.
-IMAGE_ENV = dict(re.findall(r"^\s+(MALLOC_[A-Z_]+|GLIBC_TUNABLES)=(\S+)", (ROOT / "Dockerfile").read_text(), re.M))
+IMAGE_ENV = {key: value for key, value in re.findall(r"^\s+([A-Z][A-Z0-9_]*)=(\S+)", (ROOT / "Dockerfile").read_text(),
+                                                     re.M) if key.startswith(GLIBC_PREFIXES)}
+
+
+def glibc_environment(variables: dict[str, str] = IMAGE_ENV) -> dict[str, str]:
+    """This process's environment with glibc set by `variables` only (the image's settings by
+    default): none of the shell's own MALLOC_ or GLIBC_ variables."""
+    return {**{key: value for key, value in os.environ.items() if not key.startswith(GLIBC_PREFIXES)}, **variables}
 
 
 def without(name: str) -> dict[str, str]:
@@ -54,7 +64,7 @@ def resident_mib(pid: int) -> float:
 
 def floods(env: dict[str, str], picture: bytes, rounds: int, clients: int) -> tuple[list[float], float]:
     """Peak resident MiB after each round, and what the process holds at the end."""
-    with running_service(**env) as service:
+    with running_service(base=glibc_environment(env)) as service:
         pid, peak, stop = service.process.pid, [0.0], threading.Event()
 
         def watch() -> None:

@@ -30,7 +30,6 @@ import argparse
 import concurrent.futures
 import http.client
 import io
-import os
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from pathlib import Path
 from PIL import Image, JpegImagePlugin
 
 from harness.service import running_service
-from loadtest.memory import IMAGE_ENV, VARIANTS
+from loadtest.memory import VARIANTS, glibc_environment
 from service import imaging
 from service.config import Settings
 from service.imaging import keep_image_memory
@@ -251,14 +250,13 @@ FLIPS_PER_PROCESS = 4
 def compare_glibc(rounds: int) -> None:
     """The sample's flip on each JPEG path in a fresh process under each of GLIBC_VARIANTS, the
     processes interleaved round by round: CPU seconds per flip, against the image's settings."""
-    ours = {key: value for key, value in os.environ.items() if not key.startswith(("MALLOC_", "GLIBC_"))}
     keys = [(name, variant) for name in ("lossless", "re-encoded") for variant in GLIBC_VARIANTS]
     times: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
     for round_number in range(rounds):
         shift = round_number % len(keys)
         for name, variant in keys[shift:] + keys[:shift]:
             done = subprocess.run([sys.executable, "-m", "loadtest.overhead", "--cpu-of", name], capture_output=True,
-                                  text=True, timeout=600, check=True, env={**ours, **GLIBC_VARIANTS[variant]})
+                                  text=True, timeout=600, check=True, env=glibc_environment(GLIBC_VARIANTS[variant]))
             times[name, variant].append(float(done.stdout.split()[-1]))
     print(f"glibc's settings: the sample's flip, CPU per flip (median of {rounds} fresh processes, "
           f"{FLIPS_PER_PROCESS} flips each after a first)")
@@ -293,7 +291,7 @@ def peak_memory(name: str, path: Path) -> int:
     at `path`, above what it held just before (imports and codecs loaded by a flip of a small
     picture of the same format first)."""
     done = subprocess.run([sys.executable, "-m", "loadtest.overhead", "--peak-of", name, str(path)],
-                          capture_output=True, text=True, timeout=600, check=True, env={**os.environ, **IMAGE_ENV})
+                          capture_output=True, text=True, timeout=600, check=True, env=glibc_environment())
     return int(done.stdout.split()[-1])
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageOps, JpegImagePlugin
 
-from loadtest.memory import IMAGE_ENV
+from loadtest.memory import glibc_environment
 from service import imaging, jpeg_lossless
 from service.sample import make_sample
 from tests.pictures import (
@@ -1075,9 +1075,8 @@ def test_a_heic_or_avif_flip_holds_at_most_the_memory_its_pixels_count_for(tmp_p
         picture.putalpha(picture.convert("L"))
     source = tmp_path / "phone"
     source.write_bytes(encode(picture, fmt, **imaging._FORMAT_PARAMS[fmt](picture, b"")))  # the fast settings
-    environment = {**os.environ, **IMAGE_ENV}
     done = subprocess.run([sys.executable, "-c", PHONE_PEAK_SCRIPT, str(source)], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parent.parent, env=environment)
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent, env=glibc_environment())
     assert done.returncode == 0, done.stderr
     peak, pixels = int(done.stdout), size[0] * size[1]
     allowed = imaging.PEAK_BYTES_PER_PIXEL[fmt, mode == "RGBA"]

@@ -19,7 +19,7 @@ from PIL import Image
 from harness import ROOT, alongside, client, usage
 from harness.compose import run, size
 from harness.locust import run_locust
-from loadtest.memory import IMAGE_ENV
+from loadtest.memory import GLIBC_PREFIXES, IMAGE_ENV
 from service import memory
 from service.config import Settings
 from service.sample import load_sample
@@ -36,7 +36,7 @@ def test_local_runs_set_glibc_as_the_image_does(docker_images):
     # environment of the image that was built.
     inspect = run(["docker", "image", "inspect", "flipfleet-web:latest", "--format", "{{json .Config.Env}}"])
     env = dict(entry.split("=", 1) for entry in json.loads(inspect.stdout))
-    glibc = {key: value for key, value in env.items() if key.startswith(("MALLOC_", "GLIBC_"))}
+    glibc = {key: value for key, value in env.items() if key.startswith(GLIBC_PREFIXES)}
     assert glibc and IMAGE_ENV == glibc
 
 

@@ -91,7 +91,7 @@ def test_light_requests_and_metrics_stay_quick_while_every_queue_is_full(stack, 
 
     def load() -> None:
         try:
-            runs.append(run_locust(flipfleet.url, "FlipUser", users=users, seconds=40, csv_prefix=tmp_path / "run",
+            runs.append(run_locust(flipfleet.url, "FlipUser", users=users, seconds=25, csv_prefix=tmp_path / "run",
                                    FLIP_PHOTO=str(photo)))
         finally:
             done.set()

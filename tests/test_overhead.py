@@ -1,13 +1,12 @@
 """loadtest.overhead's measure of one process under a glibc setting, as its comparison runs it."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 
 from harness import ROOT
-from loadtest.memory import IMAGE_ENV
+from loadtest.memory import IMAGE_ENV, glibc_environment
 from loadtest.overhead import GLIBC_VARIANTS
 
 
@@ -16,10 +15,18 @@ def test_the_comparison_covers_the_image_and_glibc_defaults():
     assert len({tuple(sorted(variant.items())) for variant in GLIBC_VARIANTS.values()}) == len(GLIBC_VARIANTS)
 
 
+def test_a_variant_runs_without_the_shells_own_glibc_settings(monkeypatch):
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "1")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
+    assert {key for key in glibc_environment() if key.startswith(("MALLOC_", "GLIBC_"))} == set(IMAGE_ENV)
+    assert glibc_environment() == {**glibc_environment({}), **IMAGE_ENV} and "PATH" in glibc_environment({})
+    assert glibc_environment({"MALLOC_ARENA_MAX": "1"})["MALLOC_ARENA_MAX"] == "1"
+
+
 @pytest.mark.parametrize("path", ["lossless", "re-encoded"])
 def test_a_process_prints_the_cpu_of_one_flip_of_the_sample(path):
     done = subprocess.run([sys.executable, "-m", "loadtest.overhead", "--cpu-of", path], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **GLIBC_VARIANTS["as the image runs it"]})
+                          text=True, timeout=120, env=glibc_environment())
     assert done.returncode == 0, done.stderr
     # The sample is 24 MP: a flip takes a tenth of a second or more of CPU on any machine.
     assert 0.02 < float(done.stdout) < 30

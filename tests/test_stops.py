@@ -18,8 +18,8 @@ from harness.locust import LocustRun, under_load
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 USERS = 8
 # Load before the change, the change itself, and load after it: LOAD_SECONDS at most.
-LOAD_SECONDS = 50
-CHANGE_AT = 10
+LOAD_SECONDS = 45
+CHANGE_AT = 5
 
 
 def changing(flipfleet, tmp_path):

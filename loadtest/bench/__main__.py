@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.replicas, args.users, args.duration = [1, 2], [2], 5
-        args.ceiling_seconds, args.nginx_rounds, args.probe_seconds, args.efficiency_seconds = 3, 4, 8, 8
+        args.ceiling_seconds, args.nginx_rounds, args.probe_seconds, args.efficiency_seconds = 2, 1, 8, 8
 
     bench = Bench(args)
     # A terminal's Ctrl-C and a plain kill both end in the teardown below.

@@ -11,7 +11,7 @@ import time
 
 from PIL import Image
 
-from loadtest.memory import IMAGE_ENV
+from loadtest.memory import glibc_environment
 from loadtest.overhead import pillow_alone
 from service import jpeg_lossless
 from service.config import Settings
@@ -53,26 +53,24 @@ def ceiling(seconds: float, processes: int, path: str = "re-encoded") -> tuple[f
     that the stack is compared with the same allocator."""
     sample = load_sample(None)
     start = time.time() + 2  # let every process be ready first
-    with _environment(IMAGE_ENV), multiprocessing.get_context("spawn").Pool(processes) as pool:
+    with _environment(glibc_environment()), multiprocessing.get_context("spawn").Pool(processes) as pool:
         results = pool.starmap(_flip_for, [(seconds, sample, start, path)] * processes)
     done = sum(count for count, _ in results)
     return done / seconds, sum(cpu for _, cpu in results) / max(done, 1)
 
 
 @contextlib.contextmanager
-def _environment(variables: dict[str, str]):
-    """os.environ with `variables` set while the block starts processes (glibc reads its settings
-    once, as a process starts), then as it was."""
-    saved = {key: os.environ.get(key) for key in variables}
-    os.environ.update(variables)
+def _environment(environment: dict[str, str]):
+    """os.environ is `environment` while the block starts processes (a Pool takes no env; glibc
+    reads its settings once, as a process starts), then as it was."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environment)
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def available(path: str) -> bool:
