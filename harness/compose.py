@@ -168,13 +168,15 @@ class Stack:
                    check=check)
 
     def up(self, replicas: int, *extra: str) -> None:
-        """Start `replicas` replicas (WEB_REPLICAS, so that nginx admits for as many) and nginx."""
+        """Start `replicas` replicas (WEB_REPLICAS, so that nginx admits for as many) and nginx;
+        back once the replicas are healthy and nginx answers (and a profile's services are healthy)."""
         self.env["WEB_REPLICAS"] = str(replicas)
-        self.compose(
-            "up", "-d", "--no-build", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), *extra,
-            timeout=UP_TIMEOUT_S + 60,
-        )
-        if not self.wait_for_nginx():
+        wait = ("--wait", "--wait-timeout", str(UP_TIMEOUT_S))
+        self.compose("up", "-d", "--no-build", *wait, *extra, "web", timeout=UP_TIMEOUT_S + 60)
+        # nginx answering is enough: Docker's first healthcheck of it would take one more interval.
+        profiles = {**os.environ, **self.env}.get("COMPOSE_PROFILES")
+        self.compose("up", "-d", "--no-build", *(wait if profiles else ()), *extra, timeout=UP_TIMEOUT_S + 60)
+        if not self.wait_for_nginx(interval=0.2):
             raise RuntimeError(f"nginx does not answer on {self.url}:\n{self.logs('nginx')[-2000:]}")
 
     def compose_options(self) -> list[str]:
