@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from harness import ROOT
-from loadtest.memory import IMAGE_ENV, glibc_environment
+from loadtest.memory import GLIBC_PREFIXES, IMAGE_ENV, glibc_environment
 from loadtest.overhead import GLIBC_VARIANTS
 
 
@@ -18,7 +18,7 @@ def test_the_comparison_covers_the_image_and_glibc_defaults():
 def test_a_variant_runs_without_the_shells_own_glibc_settings(monkeypatch):
     monkeypatch.setenv("MALLOC_TOP_PAD_", "1")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
-    assert {key for key in glibc_environment() if key.startswith(("MALLOC_", "GLIBC_"))} == set(IMAGE_ENV)
+    assert {key for key in glibc_environment() if key.startswith(GLIBC_PREFIXES)} == set(IMAGE_ENV)
     assert glibc_environment() == {**glibc_environment({}), **IMAGE_ENV} and "PATH" in glibc_environment({})
     assert glibc_environment({"MALLOC_ARENA_MAX": "1"})["MALLOC_ARENA_MAX"] == "1"
 
