@@ -5,6 +5,7 @@ one that rolls back); three engines in containers forming one swarm that loses a
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -236,6 +237,23 @@ def replicas_per_node(lab: SwarmLab) -> collections.Counter:
     return collections.Counter(names[t["node"]] for t in lab.tasks(WEB))
 
 
+# A node's loss: load through the lab's front for at most LOSS_LOAD_SECONDS, the node lost LOSS_AT s in.
+LOSS_LOAD_SECONDS, LOSS_AT = 120, 10
+
+
+@contextlib.contextmanager
+def losing(lab: SwarmLab, node: str, tmp_path):
+    """`node`'s engine stopped LOSS_AT s into a load of USERS through the lab's front, and started
+    again once the load is over: yields when it stopped and the list that then holds the run."""
+    try:
+        with under_load(lab.url, tmp_path, seconds=LOSS_LOAD_SECONDS, users=USERS, start_after=LOSS_AT) as finished:
+            stopped_at = time.monotonic()
+            lab.stop_node(node)
+            yield stopped_at, finished
+    finally:
+        lab.start_node(node)
+
+
 def assert_only_what_the_node_held_failed(run_, lost: str) -> tuple[int, int]:
     """Failures the design cannot save: connections in flight through the lost node's nginx, and
     flips its replicas held (refused with the JSON 503); at most one per client, whose next
@@ -326,22 +344,16 @@ def test_losing_a_manager_keeps_a_quorum_a_scale_works_and_the_flips_go_on(lab, 
     assert set(lab.managers().values()) == {"Leader", "Reachable"}
     leader = next(node for node, status in lab.managers().items() if status == "Leader")
     replicas = desired_replicas(lab)
-    try:
-        with under_load(lab.url, tmp_path, seconds=120) as finished:
-            time.sleep(10)
-            stopped_at = time.monotonic()
-            lab.stop_node(leader)
-            elected = wait_for(lambda: "Leader" in lab.managers().values(), timeout=60, interval=0.5)
-            elected_after = time.monotonic() - stopped_at
-            assert elected, lab.managers()
-            lab.manager("service", "scale", "--detach", f"{WEB}={replicas + 1}")
-            assert wait_for(lambda: len(lab.tasks(WEB)) == replicas + 1 and leader not in replicas_per_node(lab),
-                            timeout=60, interval=1), replicas_per_node(lab)
-            scaled_after = time.monotonic() - stopped_at
-            assert scaled_after < 120 - 10 - 5, "the load ended before the scale took effect"
-        closed, refused = assert_only_what_the_node_held_failed(finished[0], leader)
-    finally:
-        lab.start_node(leader)
+    with losing(lab, leader, tmp_path) as (stopped_at, finished):
+        elected = wait_for(lambda: "Leader" in lab.managers().values(), timeout=60, interval=0.5)
+        elected_after = time.monotonic() - stopped_at
+        assert elected, lab.managers()
+        lab.manager("service", "scale", "--detach", f"{WEB}={replicas + 1}")
+        assert wait_for(lambda: len(lab.tasks(WEB)) == replicas + 1 and leader not in replicas_per_node(lab),
+                        timeout=60, interval=1), replicas_per_node(lab)
+        scaled_after = time.monotonic() - stopped_at
+        assert scaled_after < LOSS_LOAD_SECONDS - LOSS_AT - 5, "the load ended before the scale took effect"
+    closed, refused = assert_only_what_the_node_held_failed(finished[0], leader)
     assert wait_for(lambda: settled(lab), timeout=90), (lab.front_status(), lab.nginx_admission(NGINX))
     assert sorted(lab.managers().values()) == ["Leader", "Reachable", "Reachable"]
     flips = finished[0].figures("/flip")
@@ -358,24 +370,18 @@ def test_losing_the_node_with_the_most_replicas_fails_only_what_it_held(lab, tmp
     per_node = replicas_per_node(lab)
     lost, held = per_node.most_common(1)[0]
     replicas = desired_replicas(lab)
-    try:
-        with under_load(lab.url, tmp_path, seconds=120) as finished:
-            time.sleep(10)
-            stopped_at = time.monotonic()
-            lab.stop_node(lost)
-            out_of_rotation = wait_for(lambda: lab.front_status().get(lost) != "UP", timeout=30, interval=0.25)
-            out_after = time.monotonic() - stopped_at
-            back = wait_for(lambda: len(lab.tasks(WEB)) == replicas and lost not in replicas_per_node(lab),
-                            timeout=60, interval=0.5)
-            back_after = time.monotonic() - stopped_at
-            full = wait_for(lambda: settled(lab), timeout=60, interval=0.5)
-            full_after = time.monotonic() - stopped_at
-            assert out_of_rotation and back and full, (lab.front_status(), replicas_per_node(lab),
-                                                       lab.nginx_admission(NGINX))
-            assert full_after < 120 - 10 - 5, "the load ended before full capacity came back"
-        closed, refused = assert_only_what_the_node_held_failed(finished[0], lost)
-    finally:
-        lab.start_node(lost)
+    with losing(lab, lost, tmp_path) as (stopped_at, finished):
+        out_of_rotation = wait_for(lambda: lab.front_status().get(lost) != "UP", timeout=30, interval=0.25)
+        out_after = time.monotonic() - stopped_at
+        back = wait_for(lambda: len(lab.tasks(WEB)) == replicas and lost not in replicas_per_node(lab),
+                        timeout=60, interval=0.5)
+        back_after = time.monotonic() - stopped_at
+        full = wait_for(lambda: settled(lab), timeout=60, interval=0.5)
+        full_after = time.monotonic() - stopped_at
+        assert out_of_rotation and back and full, (lab.front_status(), replicas_per_node(lab),
+                                                   lab.nginx_admission(NGINX))
+        assert full_after < LOSS_LOAD_SECONDS - LOSS_AT - 5, "the load ended before full capacity came back"
+    closed, refused = assert_only_what_the_node_held_failed(finished[0], lost)
     flips = finished[0].figures("/flip")
     print(f"{lost}'s engine, running {held} of {replicas} replicas and an nginx, stopped under {USERS} users: out of "
           f"haproxy's rotation after {out_after:.1f} s, its replicas running elsewhere after {back_after:.1f} s, "
