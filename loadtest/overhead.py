@@ -1,6 +1,6 @@
 """What the service costs above Pillow's own work, for the sample photo; and each format's paths.
 
-    python -m loadtest.overhead [--rounds N] [--format-rounds N] [--glibc-rounds N]
+    python -m loadtest.overhead [--rounds N] [--format-rounds N] [--glibc-rounds N] [--cpu-rounds N]
 
 Interleaves, round by round so that machine noise hits all alike: Pillow alone (decode, flip,
 encode with the source's tables), service.imaging.flip, one POST /flip of the same bytes to
@@ -22,6 +22,10 @@ glibc set as the image sets it: loadtest.memory.IMAGE_ENV).
 Last, glibc's settings side by side: the sample's lossless and re-encoded flips, each in fresh
 processes set as the image sets glibc, without its mmap threshold, with huge pages, and at
 glibc's defaults, interleaved (--glibc-rounds): the CPU per flip of each against the image's.
+
+With --cpu-rounds N, only CPU instead of time: a `python -m service` set up as the image sets
+glibc, its process's CPU seconds around POST /flip on each JPEG path, against the same flip alone
+in a fresh process under the same settings, interleaved: what the service's HTTP work costs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import argparse
 import concurrent.futures
 import http.client
 import io
+import os
 import statistics
 import subprocess
 import sys
@@ -41,7 +46,7 @@ from pathlib import Path
 from PIL import Image, JpegImagePlugin
 
 from harness.service import running_service
-from loadtest.memory import VARIANTS, glibc_environment
+from loadtest.memory import IMAGE_ENV, VARIANTS, glibc_environment
 from service import imaging
 from service.config import Settings
 from service.imaging import keep_image_memory
@@ -58,9 +63,10 @@ def pillow_alone(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def post_flip(connection: http.client.HTTPConnection, data: bytes) -> float:
+def post_flip(connection: http.client.HTTPConnection, data: bytes, path: str = "re-encoded") -> float:
     """POST the picture; return the app's own time from X-Response-Time, in seconds."""
-    connection.request("POST", "/flip?lossless=false", body=data, headers={"Content-Type": "image/jpeg"})
+    connection.request("POST", f"/flip?lossless={'true' if path == 'lossless' else 'false'}", body=data,
+                       headers={"Content-Type": "image/jpeg"})
     response = connection.getresponse()
     body = response.read()
     if response.status != 200:
@@ -112,12 +118,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds of the comparison of glibc's settings (default 3; 0 skips it)")
     parser.add_argument("--peak-of", nargs=2, metavar=("PATH_NAME", "FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--cpu-of", metavar="PATH_NAME", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-rounds", type=int, default=0,
+                        help="only compare CPU per flip, the service's against the flip alone, for N rounds")
     args = parser.parse_args(argv)
     if args.peak_of:
         _measure_peak(args.peak_of[0], Path(args.peak_of[1]))
         return 0
     if args.cpu_of:
         _measure_cpu(args.cpu_of)
+        return 0
+    if args.cpu_rounds:
+        compare_service_cpu(args.cpu_rounds)
         return 0
 
     data = make_sample()
@@ -255,9 +266,7 @@ def compare_glibc(rounds: int) -> None:
     for round_number in range(rounds):
         shift = round_number % len(keys)
         for name, variant in keys[shift:] + keys[:shift]:
-            done = subprocess.run([sys.executable, "-m", "loadtest.overhead", "--cpu-of", name], capture_output=True,
-                                  text=True, timeout=600, check=True, env=glibc_environment(GLIBC_VARIANTS[variant]))
-            times[name, variant].append(float(done.stdout.split()[-1]))
+            times[name, variant].append(cpu_alone(name, GLIBC_VARIANTS[variant]))
     print(f"glibc's settings: the sample's flip, CPU per flip (median of {rounds} fresh processes, "
           f"{FLIPS_PER_PROCESS} flips each after a first)")
     for name in ("lossless", "re-encoded"):
@@ -266,6 +275,47 @@ def compare_glibc(rounds: int) -> None:
             median = statistics.median(times[name, variant])
             settings = " ".join(f"{key}={value}" for key, value in env.items()) or "-"
             print(f"  {name:<10} {variant:<20} {median * 1000:6.1f} ms  x{median / image:.3f}   {settings}")
+
+
+def cpu_alone(name: str, glibc: dict[str, str]) -> float:
+    """CPU seconds of one flip of the sample on path `name`, in a fresh process set up with `glibc`."""
+    done = subprocess.run([sys.executable, "-m", "loadtest.overhead", "--cpu-of", name], capture_output=True,
+                          text=True, timeout=600, check=True, env=glibc_environment(glibc))
+    return float(done.stdout.split()[-1])
+
+
+def compare_service_cpu(rounds: int) -> None:
+    """Per JPEG path, round by round: the flip alone in a fresh process, then FLIPS_PER_PROCESS
+    POST /flip (after a first) to one `python -m service`, both with the image's glibc settings;
+    the service's CPU per flip is its process's, so it holds everything the request costs there."""
+    data = make_sample()
+    alone: dict[str, list[float]] = {name: [] for name in ("lossless", "re-encoded")}
+    served: dict[str, list[float]] = {name: [] for name in alone}
+    with running_service(base=glibc_environment()) as service:
+        address = urllib.parse.urlsplit(service.url)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+        for _ in range(rounds):
+            for name in alone:
+                alone[name].append(cpu_alone(name, IMAGE_ENV))
+                post_flip(connection, data, name)
+                before = _process_cpu(service.process.pid)
+                for _flip in range(FLIPS_PER_PROCESS):
+                    post_flip(connection, data, name)
+                time.sleep(0.2)  # what the app's thread does after the last answer is sent
+                served[name].append((_process_cpu(service.process.pid) - before) / FLIPS_PER_PROCESS)
+        connection.close()
+    print(f"CPU per flip of the sample, glibc as the image sets it (medians of {rounds} rounds, "
+          f"{FLIPS_PER_PROCESS} flips each after a first)")
+    for name in alone:
+        flip, request = statistics.median(alone[name]), statistics.median(served[name])
+        print(f"  {name:<10} alone {flip * 1000:6.1f} ms   POST /flip to the service {request * 1000:6.1f} ms"
+              f"   x{request / flip:.3f}")
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _measure_cpu(name: str) -> None:

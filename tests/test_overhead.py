@@ -1,5 +1,6 @@
 """loadtest.overhead's measure of one process under a glibc setting, as its comparison runs it."""
 
+import re
 import subprocess
 import sys
 
@@ -30,3 +31,15 @@ def test_a_process_prints_the_cpu_of_one_flip_of_the_sample(path):
     assert done.returncode == 0, done.stderr
     # The sample is 24 MP: a flip takes a tenth of a second or more of CPU on any machine.
     assert 0.02 < float(done.stdout) < 30
+
+
+def test_the_cpu_comparison_prints_both_paths_alone_and_through_the_service():
+    done = subprocess.run([sys.executable, "-m", "loadtest.overhead", "--cpu-rounds", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=glibc_environment())
+    assert done.returncode == 0, done.stderr
+    rows = re.findall(r"^\s+(lossless|re-encoded)\s+alone\s+([\d.]+) ms\s+POST /flip to the service\s+([\d.]+) ms\s+"
+                      r"x([\d.]+)$", done.stdout, re.MULTILINE)
+    assert [row[0] for row in rows] == ["lossless", "re-encoded"], done.stdout
+    for _, alone, served, ratio in rows:
+        assert float(alone) > 0 and float(served) > 0
+        assert float(ratio) == pytest.approx(float(served) / float(alone), abs=0.002)
