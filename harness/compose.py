@@ -148,6 +148,12 @@ def sweep_stale_stacks() -> list[str]:
     return removed
 
 
+def nginx_trouble(log: str) -> list[str]:
+    """nginx's warnings, errors and non-2xx answers among the lines of its log."""
+    return [line for line in log.splitlines()
+            if "[warn]" in line or "[error]" in line or "[crit]" in line or re.search(r'" [3-5]\d\d ', line)]
+
+
 class Stack:
     """One compose project: nginx on 127.0.0.1:<ephemeral port> in front of the `web` replicas;
     `overrides` are compose files layered over compose.yaml."""

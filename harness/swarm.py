@@ -20,7 +20,7 @@ from pathlib import Path
 import requests
 
 from harness import ROOT, wait_for
-from harness.compose import PROJECT_PREFIX, offline_image, run
+from harness.compose import PROJECT_PREFIX, nginx_trouble, offline_image, run
 
 # What a docker-in-docker node needs without --privileged (which these machines refuse).
 NODE_OPTIONS = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--security-opt", "seccomp=unconfined",
@@ -254,6 +254,17 @@ class SwarmLab:
             if flips and large:
                 found[node] = (int(flips.group(1)), int(large.group(1)))
         return found
+
+    def nginx_trouble(self, service: str, lines: int = 40) -> str:
+        """Each running nginx task's last warnings, errors and non-2xx answers, by node: what a
+        failed test shows of the fleet."""
+        names = self.node_names()
+        found = []
+        for task in self.tasks(service):
+            node = names[task["node"]]
+            log = self.on(node, "logs", task["container"], check=False)
+            found += [f"nginx on {node}:", *nginx_trouble(log.stdout + log.stderr)[-lines:]]
+        return "\n".join(found)
 
     def nginx_renders(self, service: str) -> dict[str, list[tuple[int, int]]]:
         """Each running nginx task's node -> every config its entrypoint rendered, in order, as

@@ -1,10 +1,9 @@
 import os
-import re
 from pathlib import Path
 
 import pytest
 
-from harness.compose import DockerUnavailable, Stack, build_images, check_docker, sweep_stale_stacks
+from harness.compose import DockerUnavailable, Stack, build_images, check_docker, nginx_trouble, sweep_stale_stacks
 from service.app import create_app
 from service.config import Settings
 
@@ -82,8 +81,7 @@ class Stacks:
 
 def _what_went_wrong(stack: Stack) -> str:
     """nginx's warnings, errors and non-2xx answers, then the last lines of the replicas' logs."""
-    nginx = [line for line in stack.logs("nginx").splitlines()
-             if "[warn]" in line or "[error]" in line or "[crit]" in line or re.search(r'" [3-5]\d\d ', line)]
+    nginx = nginx_trouble(stack.logs("nginx"))
     return "\n".join(["nginx:", *nginx[-150:], "web:", *stack.logs("web").splitlines()[-60:]])
 
 

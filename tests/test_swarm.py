@@ -254,14 +254,15 @@ def losing(lab: SwarmLab, node: str, tmp_path):
         lab.start_node(node)
 
 
-def assert_only_what_the_node_held_failed(run_, lost: str) -> tuple[int, int]:
+def assert_only_what_the_node_held_failed(lab: SwarmLab, run_, lost: str) -> tuple[int, int]:
     """Failures the design cannot save: connections in flight through the lost node's nginx, and
     flips its replicas held (refused with the JSON 503); at most one per client, whose next
-    request must succeed. Anything else fails the test."""
+    request must succeed. Anything else fails the test, with what each nginx logged."""
     closed, refused, other = failures_of_a_lost_node(run_.errors("/flip"))
     flips = run_.figures("/flip")
-    assert other == {} and flips["failures"] == closed + refused, run_.errors()
-    assert closed + refused <= USERS, f"more than each client's request in flight on {lost}: {run_.errors()}"
+    assert other == {} and flips["failures"] == closed + refused, f"{run_.errors()}\n{lab.nginx_trouble(NGINX)}"
+    assert closed + refused <= USERS, (f"more than each client's request in flight on {lost}: {run_.errors()}\n"
+                                       f"{lab.nginx_trouble(NGINX)}")
     return closed, refused
 
 
@@ -353,7 +354,7 @@ def test_losing_a_manager_keeps_a_quorum_a_scale_works_and_the_flips_go_on(lab, 
                         timeout=60, interval=1), replicas_per_node(lab)
         scaled_after = time.monotonic() - stopped_at
         assert scaled_after < LOSS_LOAD_SECONDS - LOSS_AT - 5, "the load ended before the scale took effect"
-    closed, refused = assert_only_what_the_node_held_failed(finished[0], leader)
+    closed, refused = assert_only_what_the_node_held_failed(lab, finished[0], leader)
     assert wait_for(lambda: settled(lab), timeout=90), (lab.front_status(), lab.nginx_admission(NGINX))
     assert sorted(lab.managers().values()) == ["Leader", "Reachable", "Reachable"]
     flips = finished[0].figures("/flip")
@@ -381,7 +382,7 @@ def test_losing_the_node_with_the_most_replicas_fails_only_what_it_held(lab, tmp
         assert out_of_rotation and back and full, (lab.front_status(), replicas_per_node(lab),
                                                    lab.nginx_admission(NGINX))
         assert full_after < LOSS_LOAD_SECONDS - LOSS_AT - 5, "the load ended before full capacity came back"
-    closed, refused = assert_only_what_the_node_held_failed(finished[0], lost)
+    closed, refused = assert_only_what_the_node_held_failed(lab, finished[0], lost)
     flips = finished[0].figures("/flip")
     print(f"{lost}'s engine, running {held} of {replicas} replicas and an nginx, stopped under {USERS} users: out of "
           f"haproxy's rotation after {out_after:.1f} s, its replicas running elsewhere after {back_after:.1f} s, "
