@@ -22,14 +22,23 @@ def _proc_times() -> dict[int, tuple[str, float]]:
         if not entry.name.isdigit():
             continue
         try:
-            raw = (entry / "stat").read_text()
+            times[int(entry.name)] = _stat_times((entry / "stat").read_text())
         except OSError:
             continue  # the process ended while we looked
-        name = raw[raw.index("(") + 1 : raw.rindex(")")]
-        fields = raw[raw.rindex(")") + 2 :].split()
-        # utime, stime, cutime, cstime: fields 14-17 of stat(5)
-        times[int(entry.name)] = (name, sum(int(v) for v in fields[11:15]) / TICKS)
     return times
+
+
+def process_seconds(pid: int) -> float:
+    """A process's CPU seconds so far, including its waited-for children's."""
+    return _stat_times(Path(f"/proc/{pid}/stat").read_text())[1]
+
+
+def _stat_times(raw: str) -> tuple[str, float]:
+    """A /proc/<pid>/stat line: (command name, CPU seconds including waited-for children)."""
+    name = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    # utime, stime, cutime, cstime: fields 14-17 of stat(5)
+    return name, sum(int(v) for v in fields[11:15]) / TICKS
 
 
 def _container_seconds(container_id: str) -> float | None:

@@ -34,7 +34,6 @@ import argparse
 import concurrent.futures
 import http.client
 import io
-import os
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from pathlib import Path
 from PIL import Image, JpegImagePlugin
 
 from harness.service import running_service
+from harness.usage import process_seconds
 from loadtest.memory import IMAGE_ENV, VARIANTS, glibc_environment
 from service import imaging
 from service.config import Settings
@@ -298,11 +298,11 @@ def compare_service_cpu(rounds: int) -> None:
             for name in alone:
                 alone[name].append(cpu_alone(name, IMAGE_ENV))
                 post_flip(connection, data, name)
-                before = _process_cpu(service.process.pid)
+                before = process_seconds(service.process.pid)
                 for _flip in range(FLIPS_PER_PROCESS):
                     post_flip(connection, data, name)
                 time.sleep(0.2)  # what the app's thread does after the last answer is sent
-                served[name].append((_process_cpu(service.process.pid) - before) / FLIPS_PER_PROCESS)
+                served[name].append((process_seconds(service.process.pid) - before) / FLIPS_PER_PROCESS)
         connection.close()
     print(f"CPU per flip of the sample, glibc as the image sets it (medians of {rounds} rounds, "
           f"{FLIPS_PER_PROCESS} flips each after a first)")
@@ -310,12 +310,6 @@ def compare_service_cpu(rounds: int) -> None:
         flip, request = statistics.median(alone[name]), statistics.median(served[name])
         print(f"  {name:<10} alone {flip * 1000:6.1f} ms   POST /flip to the service {request * 1000:6.1f} ms"
               f"   x{request / flip:.3f}")
-
-
-def _process_cpu(pid: int) -> float:
-    """CPU seconds (user and system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _measure_cpu(name: str) -> None:
