@@ -241,14 +241,17 @@ class SwarmLab:
                 for row in csv.DictReader(io.StringIO(table))
                 if row["pxname"] == "nginx" and row["svname"] not in ("BACKEND", "FRONTEND") and row["addr"]}
 
+    def running(self, service: str) -> list[tuple[str, str]]:
+        """Each running task of `service`: (its node's name, its container), for `on`."""
+        names = self.node_names()
+        return [(names[task["node"]], task["container"]) for task in self.tasks(service)]
+
     def nginx_admission(self, service: str) -> dict[str, tuple[int, int]]:
         """Each running nginx task's node -> (max_conns per replica, large bodies admitted), read
         from the config its entrypoint last rendered."""
-        names = self.node_names()
         found = {}
-        for task in self.tasks(service):
-            node = names[task["node"]]
-            config = self.on(node, "exec", task["container"], "cat", "/tmp/nginx.conf", check=False).stdout
+        for node, container in self.running(service):
+            config = self.on(node, "exec", container, "cat", "/tmp/nginx.conf", check=False).stdout
             flips = re.search(r"upstream flips \{[^}]*max_conns=(\d+)", config)
             large = re.search(r"limit_conn large_bodies (\d+);", config)
             if flips and large:
@@ -258,22 +261,18 @@ class SwarmLab:
     def nginx_trouble(self, service: str, lines: int = 40) -> str:
         """Each running nginx task's last warnings, errors and non-2xx answers, by node: what a
         failed test shows of the fleet."""
-        names = self.node_names()
         found = []
-        for task in self.tasks(service):
-            node = names[task["node"]]
-            log = self.on(node, "logs", task["container"], check=False)
+        for node, container in self.running(service):
+            log = self.on(node, "logs", container, check=False)
             found += [f"nginx on {node}:", *nginx_trouble(log.stdout + log.stderr)[-lines:]]
         return "\n".join(found)
 
     def nginx_renders(self, service: str) -> dict[str, list[tuple[int, int]]]:
         """Each running nginx task's node -> every config its entrypoint rendered, in order, as
         (max_conns per replica, nginx it counted), from its log."""
-        names = self.node_names()
         found = {}
-        for task in self.tasks(service):
-            node = names[task["node"]]
-            log = self.on(node, "logs", task["container"], check=False).stderr
+        for node, container in self.running(service):
+            log = self.on(node, "logs", container, check=False).stderr
             found[node] = [(int(m), int(n)) for m, n in
                            re.findall(r"max_conns (\d+) per replica from this nginx \(of (\d+)\)", log)]
         return found

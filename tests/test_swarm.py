@@ -233,8 +233,7 @@ def settled(lab: SwarmLab) -> bool:
 
 
 def replicas_per_node(lab: SwarmLab) -> collections.Counter:
-    names = lab.node_names()
-    return collections.Counter(names[t["node"]] for t in lab.tasks(WEB))
+    return collections.Counter(node for node, _ in lab.running(WEB))
 
 
 # A node's loss: load through the lab's front for at most LOSS_LOAD_SECONDS, the node lost LOSS_AT s in.
@@ -279,8 +278,7 @@ def test_one_replica_per_cpu_spread_over_three_nodes_an_nginx_on_each_and_each_s
     assert max(per_node.values()) - min(per_node.values()) <= 1, per_node
     # Each nginx admits a third of each replica's queue: the three together never more than it holds.
     assert {max_conns for max_conns, _ in lab.nginx_admission(NGINX).values()} == {QUEUE // 3}
-    names = lab.node_names()
-    node_of = {t["container"][:12]: names[t["node"]] for t in lab.tasks(WEB)}
+    node_of = {container[:12]: node for node, container in lab.running(WEB)}
     answered_on = collections.Counter()
     # Each nginx (one per node) takes its turn over every replica (least_conn ties go round-robin):
     # enough flips for each to reach all of them, whatever order each lists them in.
