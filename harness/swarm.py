@@ -124,8 +124,6 @@ class SwarmLab:
             self._wait_for_engine(node)
         first = self.nodes[0]
         self.on(first, "swarm", "init", "--advertise-addr", self.addresses[first])
-        # Swarm's default heartbeat takes ~13 s to call a node down; 1 s makes it a few seconds.
-        self.on(first, "swarm", "update", "--dispatcher-heartbeat", "1s")
         token = self.on(first, "swarm", "join-token", "-q", "manager").stdout.strip()
         for node in self.nodes[1:]:
             self.on(node, "swarm", "join", "--token", token, f"{self.addresses[first]}:2377")

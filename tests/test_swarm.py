@@ -237,7 +237,10 @@ def replicas_per_node(lab: SwarmLab) -> collections.Counter:
 
 
 # A node's loss: load through the lab's front for at most LOSS_LOAD_SECONDS, the node lost LOSS_AT s in.
-LOSS_LOAD_SECONDS, LOSS_AT = 120, 10
+LOSS_LOAD_SECONDS, LOSS_AT = 150, 10
+# A lost node's replicas run elsewhere within this: Swarm marks a node down after three missed
+# 5 s heartbeats, after an election first when the node led.
+RESCHEDULED_WITHIN = 90
 
 
 @contextlib.contextmanager
@@ -349,7 +352,7 @@ def test_losing_a_manager_keeps_a_quorum_a_scale_works_and_the_flips_go_on(lab, 
         assert elected, lab.managers()
         lab.manager("service", "scale", "--detach", f"{WEB}={replicas + 1}")
         assert wait_for(lambda: len(lab.tasks(WEB)) == replicas + 1 and leader not in replicas_per_node(lab),
-                        timeout=60, interval=1), replicas_per_node(lab)
+                        timeout=RESCHEDULED_WITHIN, interval=1), replicas_per_node(lab)
         scaled_after = time.monotonic() - stopped_at
         assert scaled_after < LOSS_LOAD_SECONDS - LOSS_AT - 5, "the load ended before the scale took effect"
     closed, refused = assert_only_what_the_node_held_failed(lab, finished[0], leader)
@@ -369,11 +372,12 @@ def test_losing_the_node_with_the_most_replicas_fails_only_what_it_held(lab, tmp
     per_node = replicas_per_node(lab)
     lost, held = per_node.most_common(1)[0]
     replicas = desired_replicas(lab)
+    role = "the leader" if lab.managers().get(lost) == "Leader" else "a manager"
     with losing(lab, lost, tmp_path) as (stopped_at, finished):
         out_of_rotation = wait_for(lambda: lab.front_status().get(lost) != "UP", timeout=30, interval=0.25)
         out_after = time.monotonic() - stopped_at
         back = wait_for(lambda: len(lab.tasks(WEB)) == replicas and lost not in replicas_per_node(lab),
-                        timeout=60, interval=0.5)
+                        timeout=RESCHEDULED_WITHIN, interval=0.5)
         back_after = time.monotonic() - stopped_at
         full = wait_for(lambda: settled(lab), timeout=60, interval=0.5)
         full_after = time.monotonic() - stopped_at
@@ -382,8 +386,8 @@ def test_losing_the_node_with_the_most_replicas_fails_only_what_it_held(lab, tmp
         assert full_after < LOSS_LOAD_SECONDS - LOSS_AT - 5, "the load ended before full capacity came back"
     closed, refused = assert_only_what_the_node_held_failed(lab, finished[0], lost)
     flips = finished[0].figures("/flip")
-    print(f"{lost}'s engine, running {held} of {replicas} replicas and an nginx, stopped under {USERS} users: out of "
-          f"haproxy's rotation after {out_after:.1f} s, its replicas running elsewhere after {back_after:.1f} s, "
-          f"full capacity (every replica answering, each nginx admitting half of each queue) after "
+    print(f"{lost}'s engine ({role}), running {held} of {replicas} replicas and an nginx, stopped under {USERS} users: "
+          f"out of haproxy's rotation after {out_after:.1f} s, its replicas running elsewhere after "
+          f"{back_after:.1f} s, full capacity (every replica answering, each nginx admitting half of each queue) after "
           f"{full_after:.1f} s; {flips['requests']} flips, {flips['failures']} failed ({closed} connections closed, "
           f"{refused} JSON 503 for flips the lost node held), none the design could save")
