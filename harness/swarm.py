@@ -179,6 +179,14 @@ class SwarmLab:
         if not wait_for(lambda: self.ready_nodes() == self.NODES, timeout=90, interval=0.5):
             raise RuntimeError(f"{node} did not rejoin: {self.ready_nodes()} Ready nodes")
 
+    def cut_off(self, node: str, container: str, port: int, cut: bool = True) -> None:
+        """Drop what `container` on `node` sends to `port` of any address (with cut=False, stop
+        dropping it): the container cut off from a service, as a broken network cuts it, answering
+        nothing."""
+        pid = self.on(node, "inspect", "--format", "{{.State.Pid}}", container).stdout.strip()
+        rule = ["OUTPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"]
+        run(["docker", "exec", node, "nsenter", "-t", pid, "-n", "iptables", "-I" if cut else "-D", *rule])
+
     # -- talking to it -----------------------------------------------------------------------
 
     @property
@@ -238,6 +246,11 @@ class SwarmLab:
         return {names.get(row["addr"].rsplit(":", 1)[0], row["addr"]): row["status"]
                 for row in csv.DictReader(io.StringIO(table))
                 if row["pxname"] == "nginx" and row["svname"] not in ("BACKEND", "FRONTEND") and row["addr"]}
+
+    def in_rotation(self) -> set[str]:
+        """The nodes haproxy sends connections to: UP, or "UP 1/2" (a check failed; one more and
+        it is out)."""
+        return {node for node, status in self.front_status().items() if status.startswith("UP")}
 
     def running(self, service: str) -> list[tuple[str, str]]:
         """Each running task of `service`: (its node's name, its container), for `on`."""

@@ -179,6 +179,30 @@ def test_a_flip_whose_replica_list_changes_while_it_waits_on_a_gone_replica_is_s
     assert logged["passes"] == 2 and logged["upstreams"][-1] == f"{replica}:8000", logged
 
 
+def test_nginx_is_ready_only_while_a_replica_answers_through_it(stack):
+    # What a load balancer in front checks: an nginx that reaches no replica leaves its rotation.
+    flipfleet = stack(1)
+    (replica,) = flipfleet.container_ids()
+    # Past its rate of GET / a client gets 429s; the checks, from the same address, have their own.
+    limited = collections.Counter(requests.get(flipfleet.url + "/", timeout=10).status_code for _ in range(60))
+    assert limited[429] > 0, limited
+    ready = requests.get(flipfleet.url + "/nginx-ready", timeout=10)
+    assert ready.status_code == 200 and ready.text.startswith(f"flipfleet replica {replica[:12]} "), ready.text
+    run(["docker", "pause", replica])
+    try:
+        started = time.monotonic()
+        unready = requests.get(flipfleet.url + "/nginx-ready", timeout=10)
+        took = time.monotonic() - started
+        running = requests.get(flipfleet.url + "/nginx-health", timeout=10)
+    finally:
+        run(["docker", "unpause", replica])
+    assert_json_503(unready.status_code, unready.headers, unready.content)
+    assert unready.json()["error"] == "no replica answers through this nginx now"
+    assert running.status_code == 200  # nginx itself runs: its container is left alone
+    assert wait_for(lambda: requests.get(flipfleet.url + "/nginx-ready", timeout=10).status_code == 200, timeout=15)
+    print(f"a paused replica: /nginx-ready answered 503 after {took:.1f} s, and 200 again once it answered")
+
+
 @pytest.mark.slow
 def test_a_replica_that_stops_answering_gets_a_json_504_that_says_so_and_no_retry(stack):
     # nginx's wait, shortened from its default so that the test does not sit out a minute.

@@ -66,7 +66,8 @@ def test_body_limits_follow_the_service_setting(tmp_path, env):
 def test_the_wait_for_an_answer_follows_the_service_setting(tmp_path, env):
     conf, _ = render(tmp_path, **env)
     answer_seconds = Settings.from_env(env).answer_seconds
-    assert directive(conf, "proxy_read_timeout") == [f"{answer_seconds}s"]
+    # (The second is /nginx-ready's: a replica that does not answer GET / within 1 s is not ready.)
+    assert directive(conf, "proxy_read_timeout") == [f"{answer_seconds}s", "1s"]
     # The JSON 504 names the wait the client was given.
     assert f"no answer from the replica within {answer_seconds} s:" in conf
 

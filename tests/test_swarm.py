@@ -179,6 +179,7 @@ def test_an_update_that_never_gets_healthy_rolls_back_by_itself(one_node, tmp_pa
 
 QUEUE = Settings.from_env({}).queue
 WEB, NGINX = "flipfleet_web", "flipfleet_nginx"
+REPLICA_PORT = Settings.from_env({}).port
 
 
 @pytest.fixture(scope="module")
@@ -339,6 +340,54 @@ def test_a_rolling_update_of_nginx_drops_no_request(lab, tmp_path):
           f"(its queue: {QUEUE})")
 
 
+def ask_nginx(lab: SwarmLab, node: str, container: str, path: str) -> tuple[int, str]:
+    """The status and body of nginx's answer to GET `path`, asked inside its own container."""
+    request = f"exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    answer = lab.on(node, "exec", container, "bash", "-c", request).stdout
+    head, _, body = answer.replace("\r\n", "\n").partition("\n\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+@pytest.mark.slow
+def test_an_nginx_cut_off_from_every_replica_leaves_the_rotation_and_no_flip_fails(lab, tmp_path):
+    nginx = dict(lab.running(NGINX))
+    cut = lab.nodes[0]
+    status, body = ask_nginx(lab, cut, nginx[cut], "/nginx-ready")
+    assert status == 200 and body.startswith("flipfleet replica "), (status, body)
+    cut_off = []
+    try:
+        started = time.monotonic()
+        lab.cut_off(cut, nginx[cut], REPLICA_PORT)
+        cut_off.append(cut)
+        assert wait_for(lambda: cut not in lab.in_rotation(), timeout=15, interval=0.25), lab.front_status()
+        out_after = time.monotonic() - started
+        assert ask_nginx(lab, cut, nginx[cut], "/nginx-ready") == (
+            503, '{"error":"no replica answers through this nginx now","status":503}\n')
+        assert ask_nginx(lab, cut, nginx[cut], "/nginx-health")[0] == 200  # it runs: Swarm leaves it be
+        with under_load(lab.url, tmp_path, seconds=30, users=USERS) as finished:
+            time.sleep(15)
+        flips = finished[0].figures("/flip")
+        assert flips["requests"] > 0 and flips["failures"] == 0, finished[0].errors()
+        # Every nginx cut off: each one that runs takes clients again, and answers the JSON 503.
+        for node in lab.nodes[1:]:
+            lab.cut_off(node, nginx[node], REPLICA_PORT)
+            cut_off.append(node)
+        assert wait_for(lambda: not lab.in_rotation(), timeout=15, interval=0.25)
+        refused = requests.post(lab.url + "/flip", timeout=30)
+        assert refused.status_code == 503 and refused.json()["status"] == 503, refused.text
+        assert refused.headers["Retry-After"] == "1"
+    finally:
+        back = time.monotonic()
+        for node in cut_off:
+            lab.cut_off(node, nginx[node], REPLICA_PORT, cut=False)
+    assert wait_for(lambda: settled(lab), timeout=60, interval=0.5), (lab.front_status(), lab.nginx_admission(NGINX))
+    print(f"{cut}'s nginx cut off from every replica: out of haproxy's rotation after {out_after:.1f} s; "
+          f"{flips['requests']} flips by {USERS} users meanwhile, 0 failed; every nginx cut off: the JSON 503 "
+          f"through haproxy; all back at full capacity {time.monotonic() - back:.1f} s after the cut ended")
+
+
 @pytest.mark.docker
 @pytest.mark.swarm
 @pytest.mark.slow
@@ -374,7 +423,7 @@ def test_losing_the_node_with_the_most_replicas_fails_only_what_it_held(lab, tmp
     replicas = desired_replicas(lab)
     role = "the leader" if lab.managers().get(lost) == "Leader" else "a manager"
     with losing(lab, lost, tmp_path) as (stopped_at, finished):
-        out_of_rotation = wait_for(lambda: lab.front_status().get(lost) != "UP", timeout=30, interval=0.25)
+        out_of_rotation = wait_for(lambda: lost not in lab.in_rotation(), timeout=30, interval=0.25)
         out_after = time.monotonic() - stopped_at
         back = wait_for(lambda: len(lab.tasks(WEB)) == replicas and lost not in replicas_per_node(lab),
                         timeout=RESCHEDULED_WITHIN, interval=0.5)
