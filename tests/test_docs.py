@@ -18,6 +18,11 @@ def table(heading: str) -> dict[str, str]:
     return {name: default.strip().strip("`") for name, default in rows}
 
 
+# A setting's default named in passing, as in "`FLIP_QUEUE` (10)", with the units the pages use.
+DEFAULT_IN_PASSING = re.compile(r"`(FLIP_[A-Z_]+)` \(([0-9][0-9,]*)(?: (s|MiB|MP))?\)")
+UNIT = {"": 1, "s": 1, "MiB": 2**20, "MP": 10**6}
+
+
 def documented(default: str) -> str:
     return "" if default == "(none)" else default
 
@@ -41,3 +46,12 @@ def test_links_between_pages_lead_somewhere(page):
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
         if "://" not in target:
             assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_defaults_named_in_passing_are_the_defaults(page):
+    defaults = Settings.defaults()
+    named = DEFAULT_IN_PASSING.findall(page.read_text())
+    wrong = [f"`{name}` ({number}{' ' + unit if unit else ''}) is {defaults[name]}" for name, number, unit in named
+             if int(number.replace(",", "")) * UNIT[unit] != int(defaults[name])]
+    assert wrong == []
