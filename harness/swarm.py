@@ -278,6 +278,13 @@ class SwarmLab:
             found += [f"nginx on {node}:", *nginx_trouble(log.stdout + log.stderr)[-lines:]]
         return "\n".join(found)
 
+    def task_history(self, service: str) -> str:
+        """Every task `service` has had, current and past: node, desired and current state, and
+        the error that ended it (a node marked down, a failed healthcheck), as a failed test shows."""
+        return self.manager("service", "ps", "--no-trunc", "--format",
+                            "{{.Name}} {{.Node}} desired={{.DesiredState}} {{.CurrentState}} {{.Error}}",
+                            service, check=False).stdout
+
     def nginx_renders(self, service: str) -> dict[str, list[tuple[int, int]]]:
         """Each running nginx task's node -> every config its entrypoint rendered, in order, as
         (max_conns per replica, nginx it counted), from its log."""

@@ -260,12 +260,16 @@ def losing(lab: SwarmLab, node: str, tmp_path):
 def assert_only_what_the_node_held_failed(lab: SwarmLab, run_, lost: str) -> tuple[int, int]:
     """Failures the design cannot save: connections in flight through the lost node's nginx, and
     flips its replicas held (refused with the JSON 503); at most one per client, whose next
-    request must succeed. Anything else fails the test, with what each nginx logged."""
+    request must succeed. Anything else fails the test, with what each nginx logged and every
+    replica task's history."""
     closed, refused, other = failures_of_a_lost_node(run_.errors("/flip"))
     flips = run_.figures("/flip")
-    assert other == {} and flips["failures"] == closed + refused, f"{run_.errors()}\n{lab.nginx_trouble(NGINX)}"
-    assert closed + refused <= USERS, (f"more than each client's request in flight on {lost}: {run_.errors()}\n"
-                                       f"{lab.nginx_trouble(NGINX)}")
+
+    def trouble() -> str:
+        return f"{run_.errors()}\n{lab.nginx_trouble(NGINX)}\n{lab.task_history(WEB)}"
+
+    assert other == {} and flips["failures"] == closed + refused, trouble()
+    assert closed + refused <= USERS, f"more than each client's request in flight on {lost}: {trouble()}"
     return closed, refused
 
 
