@@ -48,7 +48,7 @@ def without(name: str) -> dict[str, str]:
 # 15 % more than its pixels are counted for (service/imaging.py's PEAK_BYTES_PER_PIXEL).
 HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 VARIANTS = {"as the image runs it": IMAGE_ENV, "no mmap threshold": without("MALLOC_MMAP_THRESHOLD_"),
-            "with huge pages": {**IMAGE_ENV, **HUGE_PAGES}}
+            "no trim threshold": without("MALLOC_TRIM_THRESHOLD_"), "with huge pages": {**IMAGE_ENV, **HUGE_PAGES}}
 
 
 def noise_jpeg(size: tuple[int, int] = (4300, 5300)) -> bytes:
