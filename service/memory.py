@@ -7,10 +7,15 @@ Every term is a bound the service enforces, not a typical figure:
   ANSWER_FACTOR x FLIP_MAX_BYTES) and waitress's send buffer for it;
 - a running flip copies its body out of waitress, and holds the decoded frame and the transposed
   frames at once (service/imaging.py frees the decoded one before encoding), at most 4 bytes a pixel;
-- the express lane runs one more flip beside each running one, at a fraction of the pixel limits.
+- the express lane runs one more flip beside each running one, at a fraction of the pixel limits;
+- glibc keeps up to MALLOC_TRIM_THRESHOLD_ free at the top of each arena's heap (MALLOC_ARENA_MAX of
+  them; the Dockerfile sets both), which another arena's thread cannot use.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
 
 from service.config import ANSWER_FACTOR, EXPRESS_FRACTION, Settings
 from service.server import SEND_BUFFER_BYTES
@@ -20,10 +25,19 @@ MiB = 1024 * 1024
 BYTES_A_PIXEL = 4
 # The interpreter, Flask, waitress, Pillow and its codecs, the sample and its two cached flips.
 RUNTIME_BYTES = 128 * MiB
+# glibc's own defaults: 128 KiB trim threshold, 8 arenas a core (64-bit).
+GLIBC_TRIM_THRESHOLD, GLIBC_ARENAS_A_CORE = 128 * 1024, 8
 
 
-def worst_case(settings: Settings) -> dict[str, int]:
-    """Bytes, by what holds them, when every bound is reached at once."""
+def kept_heap_tops(environ: Mapping[str, str]) -> int:
+    """The free bytes glibc may keep at the top of its arenas' heaps under these MALLOC_* settings."""
+    arenas = int(environ.get("MALLOC_ARENA_MAX") or GLIBC_ARENAS_A_CORE * (os.cpu_count() or 1))
+    return arenas * int(environ.get("MALLOC_TRIM_THRESHOLD_") or GLIBC_TRIM_THRESHOLD)
+
+
+def worst_case(settings: Settings, environ: Mapping[str, str] = os.environ) -> dict[str, int]:
+    """Bytes, by what holds them, when every bound is reached at once, for a process whose glibc
+    reads `environ` (this one's by default: the image's, in a replica)."""
     flip = BYTES_A_PIXEL * (settings.max_pixels + settings.max_total_pixels)
     return {
         "the runtime": RUNTIME_BYTES,
@@ -32,16 +46,21 @@ def worst_case(settings: Settings) -> dict[str, int]:
         "running flips' copies of their bodies": 2 * settings.concurrency * settings.max_bytes,
         "running flips' pixels, decoded and transposed": settings.concurrency * flip,
         "express flips' pixels": settings.concurrency * flip // EXPRESS_FRACTION,
+        "glibc's free heap tops, kept for the next request": kept_heap_tops(environ),
     }
 
 
-def needed(settings: Settings) -> int:
-    return sum(worst_case(settings).values())
+def needed(settings: Settings, environ: Mapping[str, str] = os.environ) -> int:
+    return sum(worst_case(settings, environ).values())
+
+
+def report(settings: Settings, environ: Mapping[str, str] = os.environ) -> str:
+    """The worst case term by term, and in all, in MiB."""
+    terms = worst_case(settings, environ)
+    lines = [f"{size / MiB:8.0f} MiB  {what}" for what, size in terms.items()]
+    return "\n".join([*lines, f"{sum(terms.values()) / MiB:8.0f} MiB  in all"])
 
 
 if __name__ == "__main__":
-    # python -m service.memory: the worst case for the settings in this environment, term by term.
-    settings = Settings.from_env()
-    for what, size in worst_case(settings).items():
-        print(f"{size / MiB:8.0f} MiB  {what}")
-    print(f"{needed(settings) / MiB:8.0f} MiB  in all")
+    # python -m service.memory: the worst case for the settings and glibc of this environment.
+    print(report(Settings.from_env()))

@@ -5,6 +5,8 @@ import re
 import pytest
 
 from harness import ROOT
+from loadtest.memory import IMAGE_ENV
+from service import memory
 from service.config import Settings
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -55,3 +57,9 @@ def test_defaults_named_in_passing_are_the_defaults(page):
     wrong = [f"`{name}` ({number}{' ' + unit if unit else ''}) is {defaults[name]}" for name, number, unit in named
              if int(number.replace(",", "")) * UNIT[unit] != int(defaults[name])]
     assert wrong == []
+
+
+def test_the_memory_worst_case_shown_is_what_a_replica_works_out():
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    shown = page.split("$ docker compose exec web python -m service.memory\n", 1)[1].split("```", 1)[0]
+    assert shown.rstrip("\n") == memory.report(Settings.from_env({}), IMAGE_ENV)

@@ -41,7 +41,7 @@ def test_local_runs_set_glibc_as_the_image_does(docker_images):
 
 
 def test_the_worst_case_fits_the_limit_every_deployment_sets():
-    needed = memory.needed(Settings.from_env({}))
+    needed = memory.needed(Settings.from_env({}), IMAGE_ENV)
     # What kustomize's replacements put into the web Deployment (tests/test_k8s.py renders it).
     k8s = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "stack-values.yaml").read_text())
     k8s_limit = size(k8s["spec"]["webMemoryLimit"])
@@ -55,6 +55,18 @@ def test_every_bound_counts(setting):
     settings = Settings.from_env({})
     bigger = settings.__class__(**{**settings.__dict__, setting: getattr(settings, setting) * 2})
     assert memory.needed(bigger) > memory.needed(settings)
+
+
+@pytest.mark.parametrize(("environ", "kept"), [
+    ({"MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "16777216"}, 32 * 2**20),
+    ({"MALLOC_ARENA_MAX": "3"}, 3 * 128 * 2**10),
+    ({"MALLOC_TRIM_THRESHOLD_": "1048576"}, 8 * (os.cpu_count() or 1) * 2**20),
+    ({}, 8 * (os.cpu_count() or 1) * 128 * 2**10),
+])
+def test_glibcs_kept_heap_tops_follow_its_settings(environ, kept):
+    assert memory.kept_heap_tops(environ) == kept
+    terms = memory.worst_case(Settings.from_env({}), environ)
+    assert terms["glibc's free heap tops, kept for the next request"] == kept
 
 
 def heavy_png(body_bytes: int, pixels: tuple[int, int]) -> bytes:
@@ -109,7 +121,7 @@ def test_a_replica_at_its_worst_case_stays_under_its_memory_limit(stack):
     print(f"{settings.queue - 1} flips of a {len(full) / 2**20:.1f} MiB PNG of {settings.max_pixels / 1e6:.0f} MP, and "
           f"{side[0]['flips']} flips beside them from another client: statuses {statuses}; peak "
           f"{peak / 2**20:.0f} MiB of the {limit / 2**20:.0f} MiB limit (worst case worked out: "
-          f"{memory.needed(settings) / 2**20:.0f} MiB)")
+          f"{memory.needed(settings, IMAGE_ENV) / 2**20:.0f} MiB)")
     assert statuses == [200] * (settings.queue - 1), [a.body[:200] for a in answers if a.status != 200]
     assert side[0]["flips"] > 0
     assert flipfleet.restart_count(replica) == 0
