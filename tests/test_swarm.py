@@ -26,6 +26,8 @@ from tests.checks import failures_of_a_kill, failures_of_a_lost_node
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 STACK = yaml.safe_load((ROOT / "deploy" / "swarm" / "stack.yaml").read_text())
 USERS = 8
+# The service's settings when nothing overrides them, as every stack here runs it.
+DEFAULTS = Settings.from_env({})
 
 
 # -- the stack file (no Docker needed; it is generated from compose.yaml: tests/test_generated.py) --
@@ -63,7 +65,7 @@ def test_compose_tmpfs_is_a_sized_tmpfs_volume_in_the_stack():
 def test_haproxy_waits_longer_than_nginx_so_that_nginx_answers_first():
     config = (ROOT / "deploy" / "swarm" / "haproxy.cfg").read_text()
     waits = [int(seconds) for seconds in re.findall(r"^\s*timeout (?:client|server) (\d+)s$", config, re.MULTILINE)]
-    assert len(waits) == 2 and min(waits) > Settings.from_env({}).answer_seconds
+    assert len(waits) == 2 and min(waits) > DEFAULTS.answer_seconds
 
 
 # -- on Docker ------------------------------------------------------------------------------------
@@ -122,7 +124,7 @@ def test_a_killed_replica_is_replaced_under_load(one_node, tmp_path):
     flips = finished[0].figures("/flip")
     cut, refused, other = failures_of_a_kill(finished[0].errors("/flip"))
     assert other == {} and flips["failures"] == cut + refused, finished[0].errors()
-    assert cut <= 1 and refused <= Settings.from_env({}).queue, finished[0].errors()
+    assert cut <= 1 and refused <= DEFAULTS.queue, finished[0].errors()
     print(f"a replica killed under {USERS} users: Swarm ran a new task {replaced_after:.1f} s later; "
           f"{flips['requests']} flips, {flips['failures']} failed ({cut} cut mid-transfer, {refused} held by the "
           "killed replica)")
@@ -177,9 +179,7 @@ def test_an_update_that_never_gets_healthy_rolls_back_by_itself(one_node, tmp_pa
 
 # -- three engines, one swarm -----------------------------------------------------------------------
 
-QUEUE = Settings.from_env({}).queue
 WEB, NGINX = "flipfleet_web", "flipfleet_nginx"
-REPLICA_PORT = Settings.from_env({}).port
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +220,7 @@ def settled(lab: SwarmLab) -> bool:
         return False
     nodes = [node for node in lab.nodes if node not in lab.stopped]
     admission = lab.nginx_admission(NGINX)
-    share = QUEUE // len(nodes)
+    share = DEFAULTS.queue // len(nodes)
     in_rotation = {node for node, status in lab.front_status().items() if status == "UP"}
     if set(admission) != set(nodes) or in_rotation != set(nodes):
         return False
@@ -285,7 +285,7 @@ def test_one_replica_per_cpu_spread_over_three_nodes_an_nginx_on_each_and_each_s
     assert sum(per_node.values()) == chosen and set(per_node) == set(lab.nodes), per_node
     assert max(per_node.values()) - min(per_node.values()) <= 1, per_node
     # Each nginx admits a third of each replica's queue: the three together never more than it holds.
-    assert {max_conns for max_conns, _ in lab.nginx_admission(NGINX).values()} == {QUEUE // 3}
+    assert {max_conns for max_conns, _ in lab.nginx_admission(NGINX).values()} == {DEFAULTS.queue // 3}
     node_of = {container[:12]: node for node, container in lab.running(WEB)}
     answered_on = collections.Counter()
     # Each nginx (one per node) takes its turn over every replica (least_conn ties go round-robin):
@@ -336,12 +336,12 @@ def test_a_rolling_update_of_nginx_drops_no_request(lab, tmp_path):
     assert answers == {"new": 9}, answers
     # A new nginx counts itself from its first config on, before DNS lists it (once it is healthy).
     renders = lab.nginx_renders(NGINX)
-    assert all(rendered[0] == (QUEUE // 3, 3) for rendered in renders.values()), renders
+    assert all(rendered[0] == (DEFAULTS.queue // 3, 3) for rendered in renders.values()), renders
     # Meanwhile the others still admit the larger share they took while it was gone.
     most = max(sum(max_conns for max_conns, _ in seen.values()) for seen in shares)
     print(f"nginx's new config rolled out over 3 nodes, one at a time, in {took:.1f} s under {USERS} users; "
           f"{flips['requests']} flips, 0 failed; the nginx together admitted at most {most} flips per replica "
-          f"(its queue: {QUEUE})")
+          f"(its queue: {DEFAULTS.queue})")
 
 
 def ask_nginx(lab: SwarmLab, node: str, container: str, path: str) -> tuple[int, str]:
@@ -363,7 +363,7 @@ def test_an_nginx_cut_off_from_every_replica_leaves_the_rotation_and_no_flip_fai
     cut_off = []
     try:
         started = time.monotonic()
-        lab.cut_off(cut, nginx[cut], REPLICA_PORT)
+        lab.cut_off(cut, nginx[cut], DEFAULTS.port)
         cut_off.append(cut)
         assert wait_for(lambda: cut not in lab.in_rotation(), timeout=15, interval=0.25), lab.front_status()
         out_after = time.monotonic() - started
@@ -376,7 +376,7 @@ def test_an_nginx_cut_off_from_every_replica_leaves_the_rotation_and_no_flip_fai
         assert flips["requests"] > 0 and flips["failures"] == 0, finished[0].errors()
         # Every nginx cut off: each one that runs takes clients again, and answers the JSON 503.
         for node in lab.nodes[1:]:
-            lab.cut_off(node, nginx[node], REPLICA_PORT)
+            lab.cut_off(node, nginx[node], DEFAULTS.port)
             cut_off.append(node)
         assert wait_for(lambda: not lab.in_rotation(), timeout=15, interval=0.25)
         refused = requests.post(lab.url + "/flip", timeout=30)
@@ -385,7 +385,7 @@ def test_an_nginx_cut_off_from_every_replica_leaves_the_rotation_and_no_flip_fai
     finally:
         back = time.monotonic()
         for node in cut_off:
-            lab.cut_off(node, nginx[node], REPLICA_PORT, cut=False)
+            lab.cut_off(node, nginx[node], DEFAULTS.port, cut=False)
     assert wait_for(lambda: settled(lab), timeout=60, interval=0.5), (lab.front_status(), lab.nginx_admission(NGINX))
     print(f"{cut}'s nginx cut off from every replica: out of haproxy's rotation after {out_after:.1f} s; "
           f"{flips['requests']} flips by {USERS} users meanwhile, 0 failed; every nginx cut off: the JSON 503 "
