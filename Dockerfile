@@ -23,8 +23,8 @@ RUN apt-get update \
 # 8 MiB get pages of their own, handed back when freed; glibc's sliding threshold otherwise puts
 # them in the heap, which floods of 20 MB uploads fragment (python -m loadtest.memory).
 # MALLOC_TRIM_THRESHOLD_: up to 16 MiB free at the top of a heap (a request's blocks under the
-# mmap threshold) is kept for the next request, not handed back and faulted in again: a
-# replica's CPU per flip about x0.95 (python -m loadtest.containers).
+# mmap threshold) is kept for the next request, not handed back and faulted in again, which
+# costs a replica 7 to 9 % more CPU a flip (python -m loadtest.containers).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \

@@ -41,7 +41,7 @@ def _stat_times(raw: str) -> tuple[str, float]:
     return name, sum(int(v) for v in fields[11:15]) / TICKS
 
 
-def _container_seconds(container_id: str) -> float | None:
+def container_seconds(container_id: str) -> float | None:
     """A container's CPU seconds from its cgroup (v1 cpuacct or v2 cpu.stat)."""
     v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage")
     if v1.is_file():
@@ -64,7 +64,7 @@ def snapshot(containers: dict[str, list[str]]) -> dict:
     generator: locust runs as a child, the burst's clients as threads here)."""
     totals: dict[str, float] = {}
     for service, ids in containers.items():
-        seconds = [_container_seconds(cid) for cid in ids]
+        seconds = [container_seconds(cid) for cid in ids]
         if all(s is not None for s in seconds):
             totals[service] = sum(seconds)
     times = _proc_times()
