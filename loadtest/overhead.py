@@ -20,8 +20,8 @@ resident memory rises above what it holds before the flip, for one flip (no Pill
 glibc set as the image sets it: loadtest.memory.IMAGE_ENV).
 
 Last, glibc's settings side by side: the sample's lossless and re-encoded flips, each in fresh
-processes set as the image sets glibc, without its mmap threshold, with huge pages, and at
-glibc's defaults, interleaved (--glibc-rounds): the CPU per flip of each against the image's.
+processes set as the image sets glibc, with each of loadtest.memory's variants, and at glibc's
+defaults, interleaved (--glibc-rounds): the CPU per flip of each against the image's.
 
 With --cpu-rounds N, only CPU instead of time: a `python -m service` set up as the image sets
 glibc, its process's CPU seconds around POST /flip on each JPEG path, against the same flip alone
@@ -274,7 +274,7 @@ def compare_glibc(rounds: int) -> None:
         for variant, env in GLIBC_VARIANTS.items():
             median = statistics.median(times[name, variant])
             settings = " ".join(f"{key}={value}" for key, value in env.items()) or "-"
-            print(f"  {name:<10} {variant:<20} {median * 1000:6.1f} ms  x{median / image:.3f}   {settings}")
+            print(f"  {name:<10} {variant:<22} {median * 1000:6.1f} ms  x{median / image:.3f}   {settings}")
 
 
 def cpu_alone(name: str, glibc: dict[str, str]) -> float:
