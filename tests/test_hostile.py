@@ -37,10 +37,16 @@ def test_a_greedy_client_does_not_starve_a_polite_one(stack):
     polite, greedy = flipfleet.flip_clients(POLITE, GREEDY, seconds=15)
     print(f"a polite client (1 connection) alone: {alone['flips']} flips of a 1600x1200 JPEG in 15 s; beside a "
           f"greedy one (40 connections): {polite['flips']} ({polite['flips'] / alone['flips']:.0%}), statuses "
-          f"{polite['statuses']}; the greedy one: {greedy['statuses']}, e.g. {list(greedy['refusals'])[:1]}")
+          f"{polite['statuses']}; the greedy one: {greedy['statuses']} ({greedy['statuses'].get('200', 0) / share:.0f} "
+          f"flips a place of its share), e.g. {list(greedy['refusals'])[:1]}")
     assert alone["statuses"] == {"200": alone["flips"]} and alone["flips"] > 0
     assert polite["statuses"] == {"200": polite["flips"]}, polite["refusals"]  # never refused
-    assert polite["flips"] >= alone["flips"] / 2
+    # Fair turns: the polite client's one connection flips far more often than each flip the greedy
+    # one holds in flight (its share); with first-come turns and no express lane each got about as many.
+    assert polite["flips"] >= 2 * greedy["statuses"]["200"] / share
+    # Not starved: first-come turns left it 16 % of what it flips alone, fair turns 41 to 46 %
+    # (the rest is CPU that the greedy client, its flips and nginx take on the same cores).
+    assert polite["flips"] >= alone["flips"] / 3
     assert greedy["statuses"]["200"] > polite["flips"]  # the rest of the fleet is the greedy client's
     refused = {status: count for status, count in greedy["statuses"].items() if status != "200"}
     assert set(refused) <= {"503", "429"} and refused, greedy["statuses"]
