@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from harness.compose import DockerUnavailable, Stack, build_images, check_docker, nginx_trouble, sweep_stale_stacks
+from service import jpeg_lossless
 from service.app import create_app
 from service.config import Settings
 
@@ -29,6 +30,15 @@ def app(settings):
 def client(app):
     """A Flask test client for `app`."""
     return app.test_client()
+
+
+@pytest.fixture
+def turbojpeg():
+    """A skip without libturbojpeg; a failure under CI, which installs it (libturbojpeg0)."""
+    if not jpeg_lossless.available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the lossless JPEG tests: libturbojpeg0 is not installed")
+        pytest.skip("libturbojpeg is not installed (apt-get install libturbojpeg0)")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from harness import wait_for
-from service import imaging, jpeg_lossless
+from service import imaging
 from service.app import create_app
 from service.config import Settings
 from service.sample import load_sample
@@ -148,9 +148,7 @@ def test_no_body_flips_the_sample():
         ("?direction=horizontal", (330, 240), "re-encoded; not aligned"),  # 330 columns: not whole blocks
     ],
 )
-def test_the_answer_says_how_a_jpeg_was_flipped(client, query, size, header):
-    if not jpeg_lossless.available():
-        pytest.skip("libturbojpeg is not installed (apt-get install libturbojpeg0)")
+def test_the_answer_says_how_a_jpeg_was_flipped(turbojpeg, client, query, size, header):
     response = client.post(f"/flip{query}", data=encode(photo(size), "JPEG"), content_type="image/jpeg")
     assert response.status_code == 200
     assert response.headers["X-Flipfleet-Flip"] == header

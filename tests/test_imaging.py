@@ -1,5 +1,4 @@
 import io
-import os
 import random
 import struct
 import subprocess
@@ -658,15 +657,6 @@ def test_one_flip_holds_at_most_two_copies_of_the_picture(tmp_path):
 
 
 # -- lossless JPEG flips ----------------------------------------------------------------------
-
-@pytest.fixture
-def turbojpeg():
-    """A skip without libturbojpeg; a failure under CI, which installs it (libturbojpeg0)."""
-    if not jpeg_lossless.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must run the lossless JPEG tests: libturbojpeg0 is not installed")
-        pytest.skip("libturbojpeg is not installed (apt-get install libturbojpeg0)")
-
 
 # name -> (mode, save params) of JPEGs Pillow writes; 320x240 is a multiple of every MCU.
 JPEGS = {

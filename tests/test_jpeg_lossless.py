@@ -1,7 +1,6 @@
 """service.jpeg_lossless: lossless JPEG transforms through libturbojpeg."""
 
 import concurrent.futures
-import os
 import random
 import threading
 
@@ -18,13 +17,8 @@ DOWN, ACROSS = T.FLIP_TOP_BOTTOM, T.FLIP_LEFT_RIGHT
 SIZE = (320, 240)  # a multiple of every MCU size: every transform is perfect
 
 
-@pytest.fixture(autouse=True)
-def turbojpeg():
-    """A skip without libturbojpeg; a failure under CI, which installs it (libturbojpeg0)."""
-    if not jpeg_lossless.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must run the lossless JPEG tests: libturbojpeg0 is not installed")
-        pytest.skip("libturbojpeg is not installed (apt-get install libturbojpeg0)")
+# Every test here needs libturbojpeg (conftest.py).
+pytestmark = pytest.mark.usefixtures("turbojpeg")
 
 
 # name -> (mode, save params): what Pillow writes, each coding and subsampling.
