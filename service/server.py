@@ -40,12 +40,12 @@ def build_server(settings: Settings, app):
         # Twice the app's limit: the app answers 413 as JSON up to there, waitress beyond.
         max_request_body_size=2 * settings.max_bytes,
         ident="flipfleet",
-        # Keep bodies in memory rather than temp files, and move them in 256 KiB steps rather
-        # than 8 KiB ones: together ~10 % of a flip's time (loadtest.overhead).
+        # Keep bodies in memory rather than temp files, and read them in 256 KiB steps rather
+        # than 8 KiB ones: together ~10 % of a flip's time (loadtest.overhead). (Answers go out
+        # in IO_CHUNK blocks from the app, in pieces of the socket's send buffer.)
         inbuf_overflow=2 * settings.max_bytes,
         outbuf_overflow=2 * settings.max_bytes,
         recv_bytes=IO_CHUNK,
-        send_bytes=IO_CHUNK,
         outbuf_high_watermark=SEND_BUFFER_BYTES,
         # Keep reading while a request runs, so that a client that leaves is noticed
         # (waitress.client_disconnected) and its waiting flip gives up its place.
