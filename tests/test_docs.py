@@ -1,12 +1,14 @@
 """The documentation says what the files say: every setting with its default, and no dead link."""
 
+import os
 import re
+import subprocess
 
 import pytest
 
 from harness import ROOT
 from loadtest.memory import IMAGE_ENV
-from service import memory
+from service import app, memory
 from service.config import Settings
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -20,8 +22,10 @@ def table(heading: str) -> dict[str, str]:
     return {name: default.strip().strip("`") for name, default in rows}
 
 
-# A setting's default named in passing, as in "`FLIP_QUEUE` (10)", with the units the pages use.
-DEFAULT_IN_PASSING = re.compile(r"`(FLIP_[A-Z_]+)` \(([0-9][0-9,]*)(?: (s|MiB|MP))?\)")
+# A setting's default named in passing, as in "`FLIP_QUEUE` (10)" or "`FLIP_QUEUE` held (10)", with
+# the units the pages use.
+DEFAULT_IN_PASSING = re.compile(r"`(FLIP_[A-Z_]+)`(?: [a-z]+)? \(([0-9][0-9,]*)(?: (s|MiB|MP))?\)")
+LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
 UNIT = {"": 1, "s": 1, "MiB": 2**20, "MP": 10**6}
 
 
@@ -43,11 +47,31 @@ def test_every_stack_variable_is_documented_with_its_default():
         assert documented(default) in used[name], (name, default, used[name])
 
 
+def anchors(page) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens,
+    a repeated one numbered."""
+    seen: dict[str, int] = {}
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.MULTILINE | re.DOTALL)
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        if seen[slug]:
+            seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_links_between_pages_lead_somewhere(page):
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
-        if "://" not in target:
-            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+    dead = []
+    for target, anchor in LINK.findall(page.read_text()):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        linked = (page.parent / target) if target else page
+        if not linked.exists():
+            dead.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            dead.append(f"{target}#{anchor}: no such heading")
+    assert dead == [], f"{page.name} links to places that do not exist"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
@@ -63,3 +87,27 @@ def test_the_memory_worst_case_shown_is_what_a_replica_works_out():
     page = (ROOT / "docs" / "reliability.md").read_text()
     shown = page.split("$ docker compose exec web python -m service.memory\n", 1)[1].split("```", 1)[0]
     assert shown.rstrip("\n") == memory.report(Settings.from_env({}), IMAGE_ENV)
+
+
+def test_every_refusal_reason_is_in_the_metrics_reference():
+    source = (ROOT / "service" / "app.py").read_text()
+    reasons = {*app.REFUSAL_REASON.values(), *app.HTTP_REFUSAL_REASON.values(),
+               *re.findall(r'_refused\(\d+, "(\w+)"\)', source)}
+    row = next(line for line in (ROOT / "docs" / "metrics.md").read_text().splitlines()
+               if line.startswith("| `flipfleet_refusals_total"))
+    assert {reason for reason in reasons if f"`{reason}`" not in row} == set()
+
+
+def test_the_entrypoint_commands_shown_work_from_a_checkout(tmp_path):
+    # Run where a checkout's folders are, so that --render-only writes its out.conf there.
+    for folder in ("service", "nginx"):
+        (tmp_path / folder).symlink_to(ROOT / folder)
+    text = (ROOT / "docs" / "operations.md").read_text().replace("\\\n", "")
+    commands = [line.split("  #")[0] for line in text.splitlines() if "nginx/entrypoint.sh --" in line
+                and not line.startswith("docker")]
+    assert len(commands) == 2
+    for command in commands:
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True,
+                              env={"PATH": os.environ["PATH"]})
+        assert done.returncode == 0, (command, done.stderr)
+    assert "upstream flips" in (tmp_path / "out.conf").read_text()
