@@ -30,6 +30,7 @@ from pathlib import Path
 from harness import wait_for
 from harness.compose import Stack, build_images, check_docker, run
 from harness.usage import container_seconds
+from loadtest import flip_cpu
 from loadtest.overhead import post_flip
 from service.memory import GLIBC_TRIM_THRESHOLD
 from service.sample import make_sample
@@ -47,27 +48,8 @@ VARIANTS: dict[str, dict] = {
     "no seccomp filter": {"services": {"web": {"security_opt": ["seccomp=unconfined"]}}},
     "65,520-byte frames": {"networks": {"default": {"driver_opts": {"com.docker.network.driver.mtu": "65520"}}}},
 }
-# Run in the replica's container: CPU seconds of one flip of its sample, the median of 5 after a
-# first, on a worker thread (as waitress runs the app) with Pillow's blocks kept as
-# `python -m service` keeps them.
-FLIP_ALONE = """
-import concurrent.futures, statistics, sys, time
-from service import imaging
-from service.config import Settings
-from service.sample import load_sample
-imaging.keep_image_memory(Settings.from_env().pillow_blocks)
-data, lossless = load_sample(None), sys.argv[1] == "lossless"
-def flips():
-    imaging.flip(data, lossless=lossless)
-    spent = []
-    for _ in range(5):
-        started = time.process_time()
-        imaging.flip(data, lossless=lossless)
-        spent.append(time.process_time() - started)
-    return statistics.median(spent)
-with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
-    print(worker.submit(flips).result())
-"""
+# Run in the replica's container, as its source: the image has no loadtest package.
+FLIP_ALONE = Path(flip_cpu.__file__).read_text()
 
 
 def free_port() -> int:

@@ -46,6 +46,7 @@ from PIL import Image, JpegImagePlugin
 
 from harness.service import running_service
 from harness.usage import process_seconds
+from loadtest.flip_cpu import cpu_per_flip
 from loadtest.memory import IMAGE_ENV, VARIANTS, glibc_environment
 from service import imaging
 from service.config import Settings
@@ -313,21 +314,7 @@ def compare_service_cpu(rounds: int) -> None:
 
 
 def _measure_cpu(name: str) -> None:
-    data = make_sample()
-    keep_image_memory(Settings.from_env({}).pillow_blocks)  # as `python -m service` does
-
-    def flips() -> list[float]:
-        PATHS["JPEG"][name](data)  # the codecs loaded, Pillow's blocks kept
-        spent = []
-        for _ in range(FLIPS_PER_PROCESS):
-            started = time.process_time()
-            PATHS["JPEG"][name](data)
-            spent.append(time.process_time() - started)
-        return spent
-
-    # On a worker thread, as waitress runs the app.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
-        print(statistics.median(worker.submit(flips).result()))
+    print(cpu_per_flip(PATHS["JPEG"][name], make_sample(), FLIPS_PER_PROCESS))
 
 
 def peak_memory(name: str, path: Path) -> int:
