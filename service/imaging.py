@@ -82,8 +82,9 @@ PILLOW_DATA_ERRORS = (
 )
 # What Pillow's writers raise for metadata they cannot write: struct.error (a value that does not
 # pack), RuntimeError (libtiff's "Error setting from dictionary", WebP's re-mux), ValueError and
-# TypeError (tags Pillow refuses), OverflowError, OSError (an encoder's own failure).
-PILLOW_WRITE_ERRORS = (OSError, ValueError, TypeError, RuntimeError, struct.error, OverflowError)
+# TypeError (tags Pillow refuses), AttributeError (a text tag stored as a number), OverflowError,
+# OSError (an encoder's own failure).
+PILLOW_WRITE_ERRORS = (OSError, ValueError, TypeError, AttributeError, RuntimeError, struct.error, OverflowError)
 
 # The source's metadata a flip writes back, each under the name Flipped.dropped gives it, with
 # the save parameter that carries it. When the writer refuses the picture with all of it, these

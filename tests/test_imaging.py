@@ -457,6 +457,27 @@ def test_exif_that_cannot_be_written_again_is_dropped():
     assert psnr(decode(result.data), decode(source).transpose(DOWN)) > 40
 
 
+def exif_with_a_number_for_text(orientation: int | None) -> bytes:
+    """An EXIF directory whose Make (ASCII) is stored as a FLOAT: Pillow reads it, and its writers
+    fail on it with an AttributeError."""
+    entries = [struct.pack("<HHIf", ExifTags.Base.Make, 11, 1, 1.5)]
+    if orientation:
+        entries.insert(0, struct.pack("<HHIHH", ExifTags.Base.Orientation, 3, 1, orientation, 0))
+    return b"II*\0\x08\0\0\0" + struct.pack("<H", len(entries)) + b"".join(entries) + b"\0\0\0\0"
+
+
+@pytest.mark.parametrize("orientation", [None, 6])
+@pytest.mark.parametrize(("fmt", "prefix"), [("PNG", b""), ("JPEG", b"Exif\0\0"), ("WEBP", b""), ("HEIF", b"")])
+@pytest.mark.parametrize("lossless", [True, False])
+def test_exif_with_a_number_for_text_is_dropped_not_a_500(fmt, prefix, orientation, lossless):
+    source = encode(photo((64, 48)), fmt, exif=prefix + exif_with_a_number_for_text(orientation))
+
+    result = imaging.flip(source, lossless=lossless)
+
+    assert "exif" in result.dropped or result.path == "lossless"
+    assert (result.width, result.height) == ((48, 64) if orientation else (64, 48))
+
+
 def test_exif_that_cannot_be_written_again_is_kept_by_a_lossless_flip(turbojpeg):
     # Moved in the DCT domain, the same EXIF is kept as it is: no tag of it needs writing.
     source = jpeg_with_unwritable_exif()
