@@ -13,12 +13,15 @@ SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
 STANDALONE = {0x01, *range(0xD0, 0xD8)}
 # The end of a scan's entropy-coded data: a 0xFF that is not stuffing (0x00), a restart marker or fill.
 _AFTER_SCAN = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
+# The next marker after bytes where none belongs, found as libjpeg finds it: it skips them with a
+# warning ("extraneous bytes before marker") and reads on, so the count must too.
+_NEXT_MARKER = re.compile(rb"\xff+(?=[^\x00\xff])")
 
 
 def segments(data: bytes):
     """(marker, start, end) of each segment of the main picture, from SOI up to and including the
     first SOS's header (its entropy-coded data follows `end`); nothing if `data` is not a JPEG."""
-    for marker, start, end in _walk(data):
+    for marker, start, end in _walk(data, skip_stray_bytes=False):
         yield marker, start, end
         if marker == SOS:
             return
@@ -28,7 +31,7 @@ def scans(data: bytes, stop_after: int) -> int:
     """How many scans (SOS segments) the main picture has, up to its EOI; counting stops once it
     passes `stop_after`, so a file of a million scans costs no more than one of `stop_after` + 1."""
     count = 0
-    for marker, _, _ in _walk(data):
+    for marker, _, _ in _walk(data, skip_stray_bytes=True):
         if marker == SOS:
             count += 1
             if count > stop_after:
@@ -36,13 +39,21 @@ def scans(data: bytes, stop_after: int) -> int:
     return count
 
 
-def _walk(data: bytes):
+def _walk(data: bytes, skip_stray_bytes: bool):
+    """(marker, start, end) of each segment; where no marker is where one must be, the walk ends
+    (the header of a damaged file), or with `skip_stray_bytes` reads on from the next marker."""
     if data[:2] != b"\xff\xd8":
         return
     position = 2
     while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return  # not a marker where one must be: damaged, the decoder will say so
+        if data[position] != 0xFF or data[position + 1] == 0x00:
+            if not skip_stray_bytes:
+                return
+            found = _NEXT_MARKER.search(data, position + 1)
+            if found is None:
+                return
+            position = found.end() - 1
+            continue
         marker = data[position + 1]
         if marker == 0xFF:  # fill byte
             position += 1

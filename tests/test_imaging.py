@@ -602,6 +602,16 @@ def test_a_jpeg_of_more_scans_than_the_limit_is_refused_before_decoding():
     assert imaging.flip(within, limits=replace(imaging.NO_LIMITS, max_scans=100)).format == "JPEG"
 
 
+@pytest.mark.parametrize("path", [True, False], ids=["lossless", "re-encoded"])
+def test_stray_bytes_between_segments_do_not_hide_scans_from_the_limit(path):
+    # libjpeg skips them with a warning and decodes every scan after them.
+    poison = many_scans_jpeg((4000, 3000), scans=1000)
+    second_scan = poison.index(b"\xff\xda", poison.index(b"\xff\xda") + 2)
+    poison = poison[:second_scan] + b"\xff\xfe\x00\x04ab\x00\x00" + poison[second_scan:]
+    with pytest.raises(imaging.TooCostly, match="more than 100 scans"):
+        imaging.flip(poison, lossless=path, limits=replace(imaging.NO_LIMITS, max_scans=100))
+
+
 @pytest.mark.parametrize(
     ("data", "limits"),
     [(many_scans_jpeg((8000, 6000), scans=400), replace(imaging.NO_LIMITS, max_seconds=1)),

@@ -22,6 +22,18 @@ def test_a_crafted_many_scan_jpeg_is_counted_and_counting_stops_past_the_bound()
     assert jpeg.scans(data, stop_after=100) == 101
 
 
+@pytest.mark.parametrize("junk", [b"\x00\x00", b"\x12", b"\xff\x00ab", b"\x00" * 1000])
+def test_bytes_where_no_marker_belongs_are_skipped_as_the_decoder_skips_them(junk):
+    # libjpeg warns about them and decodes every scan that follows: the count must not stop there.
+    # (After a segment: after a scan, they would pass for its entropy-coded data.)
+    data = many_scans_jpeg((64, 48), scans=500)
+    comment = b"\xff\xfe\x00\x04ab"
+    cuts = [at for at in range(len(data) - 1) if data[at:at + 2] == b"\xff\xda"]
+    for at in reversed(cuts[1::50]):  # before the second scan, and here and there after it
+        data = data[:at] + comment + junk + data[at:]
+    assert jpeg.scans(data, stop_after=10_000) == 501
+
+
 def test_an_mpo_counts_its_main_picture_only():
     data = encode(photo((120, 90)), "MPO", save_all=True, append_images=[photo((60, 45))], progressive=True)
     assert jpeg.scans(data, stop_after=1000) == 10
