@@ -602,6 +602,15 @@ def test_a_jpeg_of_more_scans_than_the_limit_is_refused_before_decoding():
     assert imaging.flip(within, limits=replace(imaging.NO_LIMITS, max_scans=100)).format == "JPEG"
 
 
+def test_a_large_body_in_another_format_is_named_from_its_header_alone():
+    # EPS's plugin reads a whole body line by line when given it: about 20 s for these 25 MB.
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n%%EndComments\n" + b"a\n" * 12_500_000
+    started = time.perf_counter()
+    with pytest.raises(imaging.UnsupportedFormat, match="EPS pictures are not supported"):
+        imaging.flip(eps)
+    assert time.perf_counter() - started < 5
+
+
 @pytest.mark.parametrize("path", [True, False], ids=["lossless", "re-encoded"])
 def test_stray_bytes_between_segments_do_not_hide_scans_from_the_limit(path):
     # libjpeg skips them with a warning and decodes every scan after them.
