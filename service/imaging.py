@@ -52,6 +52,9 @@ QUARTER_TURNS = frozenset({Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE
 # written again.
 LOSSLESS, RE_ENCODED = "lossless", "re-encoded"
 LOSSY_WEBP_QUALITY = 90
+# For lossless WebP, "quality" is the encoder's effort: at 50 a 3 MP photo's file came out as large
+# as at 100 (within 0.1 %) in half the CPU, and a 4 MP picture of noise took 1.4 s instead of 12.
+WEBP_LOSSLESS_EFFORT = 50
 # HEIC and AVIF keep no quality setting to reuse. At 90, two flips of a quality-90 photo stay
 # above 50 dB PSNR for HEIC and near 40 dB for AVIF, whose colour conversion costs more than its
 # quality (tests/test_imaging.py).
@@ -66,12 +69,15 @@ HEIF_PRESET = "ultrafast"
 HEIF_TILE = 512
 # The pixel limits are set for a flip holding two copies of a picture at 4 bytes a pixel, the
 # decoded one and the flipped one (service/memory.py works out a replica's memory from them).
-# The HEIC and AVIF encoders hold more: at its peak, a flip of a 12 MP photo held this many bytes
-# a pixel ((format, with alpha) -> bytes; python -m loadtest.overhead measures it). HEIC with
-# alpha is written as one image, not tiles. Such a picture's pixels count that many times 1/8
-# each against FLIP_MAX_PIXELS and FLIP_MAX_TOTAL_PIXELS, so that the memory worked out holds.
+# The HEIC, AVIF and WebP encoders hold more: at its peak, a flip of a 12 MP photo held this many
+# bytes a pixel ((format, with alpha) -> bytes, lossless WebP apart; tests/test_imaging.py measures
+# it). HEIC with alpha is written as one image, not tiles. Such a picture's pixels count that many
+# times 1/8 each against FLIP_MAX_PIXELS and FLIP_MAX_TOTAL_PIXELS, so that the memory worked out
+# holds.
 LIMITS_BYTES_PER_PIXEL = 8
-PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False): 32, ("AVIF", True): 36}
+LOSSLESS_WEBP = "lossless WEBP"
+PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False): 32, ("AVIF", True): 36,
+                        ("WEBP", False): 24, ("WEBP", True): 52, (LOSSLESS_WEBP, False): 46, (LOSSLESS_WEBP, True): 54}
 ALPHA_MODES = frozenset({"RGBA", "LA", "RGBa", "La", "PA"})
 AVIF_SPEED = 8
 JPEG_DECODER_BLOCK = 16 * 1024
@@ -254,7 +260,7 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
                 reason = flipped
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data)
-        frames, durations = _flip_frames(im, operation, limits, fmt, spans, deadline)
+        frames, durations = _flip_frames(im, operation, limits, fmt, spans, deadline, _memory_format(fmt, data))
         im.close()  # the decoded pixels: the encoder needs only the flipped ones
         with _pillow_writing(im), spans.timing("encode"):
             written, dropped = _save(frames, durations, params, fmt, lambda: _TimedWriter(deadline,
@@ -421,7 +427,7 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
         raise NotAnImage("the body is not a picture this service can read") from None
     except PILLOW_DATA_ERRORS as exc:
         raise NotAnImage(f"the picture's header is damaged: {exc}") from exc
-    _check_pixels(im, limits)
+    _check_pixels(im, limits, _memory_format(im.format, data))
     if im.format in ("JPEG", "MPO"):
         if jpeg.scans(data, limits.max_scans) > limits.max_scans:
             im.close()
@@ -433,14 +439,20 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
     return im
 
 
-def _check_pixels(im: Image.Image, limits: Limits) -> float:
+def _memory_format(fmt: str, data: bytes) -> str:
+    """The format as PEAK_BYTES_PER_PIXEL names it: WebP's lossless encoder holds more than its lossy one."""
+    return LOSSLESS_WEBP if fmt == "WEBP" and _webp_is_lossless(data) else fmt
+
+
+def _check_pixels(im: Image.Image, limits: Limits, memory_format: str) -> float:
     """Refuse from the header alone, before anything is decoded; else the pixels `im` counts for
     against the limits (pixel_weight)."""
     width, height = im.size
-    weight = pixel_weight(im)
+    weight = pixel_weight(memory_format, im.mode)
     if width * height * weight > limits.max_pixels:
-        heavier = (f" for {im.format} pictures{' with alpha' if im.mode in ALPHA_MODES else ''}: flipping them takes "
-                   f"{weight:g} times the memory a pixel" if weight > 1 else "")
+        alpha = " with alpha" if im.mode in ALPHA_MODES else ""
+        heavier = (f" for {memory_format} pictures{alpha}: flipping them takes {weight:g} times the memory a pixel"
+                   if weight > 1 else "")
         raise TooLarge(
             f"the picture is {width}x{height} = {width * height:,} pixels; "
             f"the limit is {int(limits.max_pixels / weight):,}{heavier}"
@@ -448,13 +460,13 @@ def _check_pixels(im: Image.Image, limits: Limits) -> float:
     return width * height * weight
 
 
-def pixel_weight(im: Image.Image) -> float:
-    """How many pixels each of `im`'s counts for against the pixel limits (PEAK_BYTES_PER_PIXEL)."""
-    peak = PEAK_BYTES_PER_PIXEL.get((im.format, im.mode in ALPHA_MODES), LIMITS_BYTES_PER_PIXEL)
+def pixel_weight(memory_format: str, mode: str) -> float:
+    """How many pixels each of a picture's counts for against the pixel limits (PEAK_BYTES_PER_PIXEL)."""
+    peak = PEAK_BYTES_PER_PIXEL.get((memory_format, mode in ALPHA_MODES), LIMITS_BYTES_PER_PIXEL)
     return max(1.0, peak / LIMITS_BYTES_PER_PIXEL)
 
 
-def _flip_frames(im, operation, limits, fmt, spans, deadline):
+def _flip_frames(im, operation, limits, fmt, spans, deadline, memory_format):
     """Every frame transposed by `operation` (None: copied as it is)."""
     frames, durations = [], []
     total_pixels = 0
@@ -463,7 +475,7 @@ def _flip_frames(im, operation, limits, fmt, spans, deadline):
             break
         if index >= limits.max_frames:
             raise TooLarge(f"the animation has more than {limits.max_frames} frames")
-        total_pixels += _check_pixels(frame, limits)
+        total_pixels += _check_pixels(frame, limits, memory_format)
         if total_pixels > limits.max_total_pixels:
             raise TooLarge(
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"
@@ -664,7 +676,7 @@ def _gif_params(im, data) -> dict:
 
 def _webp_params(im, data) -> dict:
     if _webp_is_lossless(data):
-        return {"lossless": True, "quality": 100, "exact": True}
+        return {"lossless": True, "quality": WEBP_LOSSLESS_EFFORT, "exact": True}
     return {"quality": LOSSY_WEBP_QUALITY}
 
 

@@ -1074,6 +1074,15 @@ def test_heic_and_avif_limits_are_checked_before_decoding(monkeypatch, fmt, limi
     assert set(decoded) == {"pixels": set(), "more than 2 frames": {0, 1}, "add up": {0, 1}}[message]
 
 
+@pytest.mark.parametrize(("lossless", "weight"), [(False, 24 / 8), (True, 46 / 8)], ids=["lossy", "lossless"])
+def test_webp_pixels_count_for_the_memory_their_flips_take(lossless, weight):
+    source = encode(photo((64, 48)), "WEBP", lossless=lossless)
+    weighted = int(64 * 48 * weight)
+    assert imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=weighted)).format == "WEBP"
+    with pytest.raises(imaging.TooLarge, match="times the memory a pixel"):
+        imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=weighted - 1))
+
+
 @pytest.mark.parametrize("fmt", PHONE_FORMATS)
 def test_heic_and_avif_pixels_count_for_the_memory_their_flips_take(fmt):
     source = _phone_picture(fmt, photo((64, 48)))
@@ -1107,8 +1116,9 @@ print(status("VmHWM") - before)
 """
 
 
-@pytest.mark.parametrize(("fmt", "mode"), [("HEIF", "RGB"), ("HEIF", "RGBA"), ("AVIF", "RGB"), ("AVIF", "RGBA")])
-def test_a_heic_or_avif_flip_holds_at_most_the_memory_its_pixels_count_for(tmp_path, fmt, mode):
+@pytest.mark.parametrize(("fmt", "mode"), [(fmt, mode) for fmt in ("HEIF", "AVIF", "WEBP", imaging.LOSSLESS_WEBP)
+                                           for mode in ("RGB", "RGBA")])
+def test_a_flip_holds_at_most_the_memory_its_pixels_count_for(tmp_path, fmt, mode):
     # In a process of its own, as the replica runs (glibc's settings of the image): what one flip
     # holds at once above what the process held before it.
     size = (2016, 1512)  # 3 MP, a quarter of a phone's photo
@@ -1116,7 +1126,10 @@ def test_a_heic_or_avif_flip_holds_at_most_the_memory_its_pixels_count_for(tmp_p
     if mode == "RGBA":
         picture.putalpha(picture.convert("L"))
     source = tmp_path / "phone"
-    source.write_bytes(encode(picture, fmt, **imaging._FORMAT_PARAMS[fmt](picture, b"")))  # the fast settings
+    if fmt == imaging.LOSSLESS_WEBP:
+        source.write_bytes(encode(picture, "WEBP", lossless=True, quality=imaging.WEBP_LOSSLESS_EFFORT))
+    else:
+        source.write_bytes(encode(picture, fmt, **imaging._FORMAT_PARAMS[fmt](picture, b"")))  # the fast settings
     done = subprocess.run([sys.executable, "-c", PHONE_PEAK_SCRIPT, str(source)], capture_output=True, text=True,
                           timeout=120, cwd=Path(__file__).resolve().parent.parent, env=glibc_environment())
     assert done.returncode == 0, done.stderr
