@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pillow_heif
 from PIL import ExifTags, Image, ImageSequence, JpegImagePlugin, UnidentifiedImageError
 
-from service import jpeg, jpeg_lossless
+from service import jpeg, jpeg_lossless, tiff
 
 # HEIC through pillow-heif (libheif, libde265 and x265 in its wheels); AVIF is Pillow's own
 # (libavif), before HEIF in MEDIA_TYPES so that it reads the AVIF files both would accept. Depth
@@ -414,6 +414,10 @@ def identify(data: bytes) -> str | None:
 
 
 def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
+    values = tiff.largest_tag(data, limits.max_frames + 1)
+    if values > tiff.MOST_VALUES:
+        raise TooCostly(f"the TIFF has a tag of {values:,} values (strip or tile offsets), more than the "
+                        f"{tiff.MOST_VALUES:,} a picture may have: reading each costs memory before any pixel")
     try:
         im = Image.open(_TimedReader(data, deadline), formats=list(MEDIA_TYPES))
     except Image.DecompressionBombError as exc:

@@ -163,3 +163,21 @@ def many_scans_jpeg(size: tuple[int, int], scans: int) -> bytes:
         ac_scan * scans,
         b"\xff\xd9",
     ])
+
+
+def strips_tiff(strips: int, order: str = "<") -> bytes:
+    """A grey TIFF of 1 x `strips` pixels, one row a strip: its offsets and byte counts list
+    `strips` values each."""
+    magic = b"II*\0" if order == "<" else b"MM\0*"
+    directory = 8
+    offsets_at = directory + 2 + 9 * 12 + 4  # after the directory's 9 entries and its next offset
+    counts_at = offsets_at + 4 * strips
+    pixels = counts_at + 4 * strips
+    # tag, count, value (LONG); StripOffsets and StripByteCounts point at their arrays
+    tags = [(256, 1, 1), (257, 1, strips), (258, 1, 8), (259, 1, 1), (262, 1, 1), (273, strips, offsets_at),
+            (277, 1, 1), (278, 1, 1), (279, strips, counts_at)]
+    entries = b"".join(struct.pack(order + "HHII", tag, 4, count, value) for tag, count, value in tags)
+    offsets = struct.pack(f"{order}{strips}I", *range(pixels, pixels + strips))
+    counts = struct.pack(f"{order}{strips}I", *([1] * strips))
+    return (magic + struct.pack(order + "I", directory) + struct.pack(order + "H", len(tags)) + entries
+            + b"\0\0\0\0" + offsets + counts + b"\x80" * strips)

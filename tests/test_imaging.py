@@ -26,6 +26,7 @@ from tests.pictures import (
     picture,
     png_declaring,
     psnr,
+    strips_tiff,
 )
 
 DOWN = Image.Transpose.FLIP_TOP_BOTTOM
@@ -600,6 +601,12 @@ def test_a_jpeg_of_more_scans_than_the_limit_is_refused_before_decoding():
     print(f"a {len(poison):,}-byte JPEG of 20,001 scans refused in {(time.perf_counter() - started) * 1000:.1f} ms")
     within = many_scans_jpeg((64, 48), scans=99)  # 100 scans in all: the limit itself
     assert imaging.flip(within, limits=replace(imaging.NO_LIMITS, max_scans=100)).format == "JPEG"
+
+
+def test_a_tiff_of_more_strips_than_the_bound_is_refused_before_pillow_reads_them():
+    with pytest.raises(imaging.TooCostly, match="a tag of 200,001 values"):
+        imaging.flip(strips_tiff(200_001))
+    assert imaging.flip(strips_tiff(200_000)).height == 200_000
 
 
 def test_a_large_body_in_another_format_is_named_from_its_header_alone():
