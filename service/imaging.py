@@ -75,6 +75,9 @@ HEIF_TILE = 512
 # times 1/8 each against FLIP_MAX_PIXELS and FLIP_MAX_TOTAL_PIXELS, so that the memory worked out
 # holds.
 LIMITS_BYTES_PER_PIXEL = 8
+# Pillow keeps an 8-byte pointer a row in each of the two copies: a picture of one column and
+# 49 million rows held 784 MB beside its 49 MB of pixels. Rows count for this much as well.
+ROW_BYTES = 16
 LOSSLESS_WEBP = "lossless WEBP"
 PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False): 32, ("AVIF", True): 36,
                         ("WEBP", False): 24, ("WEBP", True): 52, (LOSSLESS_WEBP, False): 46, (LOSSLESS_WEBP, True): 54}
@@ -450,9 +453,10 @@ def _memory_format(fmt: str, data: bytes) -> str:
 
 def _check_pixels(im: Image.Image, limits: Limits, memory_format: str) -> float:
     """Refuse from the header alone, before anything is decoded; else the pixels `im` counts for
-    against the limits (pixel_weight)."""
+    against the limits (pixel_weight, and its rows)."""
     width, height = im.size
     weight = pixel_weight(memory_format, im.mode)
+    counted = width * height * weight + height * ROW_BYTES / LIMITS_BYTES_PER_PIXEL
     if width * height * weight > limits.max_pixels:
         alpha = " with alpha" if im.mode in ALPHA_MODES else ""
         heavier = (f" for {memory_format} pictures{alpha}: flipping them takes {weight:g} times the memory a pixel"
@@ -461,7 +465,12 @@ def _check_pixels(im: Image.Image, limits: Limits, memory_format: str) -> float:
             f"the picture is {width}x{height} = {width * height:,} pixels; "
             f"the limit is {int(limits.max_pixels / weight):,}{heavier}"
         )
-    return width * height * weight
+    if counted > limits.max_pixels:
+        raise TooLarge(
+            f"the picture is {width}x{height}: its {height:,} rows cost as much memory as "
+            f"{int(counted - width * height * weight):,} more pixels, over the limit of {limits.max_pixels:,}"
+        )
+    return counted
 
 
 def pixel_weight(memory_format: str, mode: str) -> float:

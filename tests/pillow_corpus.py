@@ -164,7 +164,7 @@ def _extract_images(sdist: Path, version: str, target: Path) -> int:
 # The runner: every file through flip(), each in a child process with a deadline.
 
 FLIPPED = "flipped"
-REFUSED = ("NotAnImage", "TooLarge", "UnsupportedFormat")  # ImageError: a JSON 400, 413, 415
+REFUSED = ("NotAnImage", "TooLarge", "UnsupportedFormat", "TooCostly")  # ImageError: a JSON 400, 413, 415, 422
 BUG = "bug"  # any other exception: the app's 500
 OUT_OF_MEMORY = "MemoryError"  # the app's 503
 CRASH = "crash"  # the child died (a crash in C)

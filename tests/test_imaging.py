@@ -1058,13 +1058,19 @@ def test_heic_and_avif_frames_are_all_flipped(fmt):
 WEIGHTS = {"HEIF": 1.25, "AVIF": 4}
 
 
+def counted(size: tuple[int, int], weight: float) -> int:
+    """What a picture of `size` counts for against the pixel limits: its pixels, weighted, and its rows."""
+    width, height = size
+    return int(width * height * weight + height * imaging.ROW_BYTES / imaging.LIMITS_BYTES_PER_PIXEL)
+
+
 @pytest.mark.parametrize("fmt", PHONE_FORMATS)
 @pytest.mark.parametrize(
     ("limits", "message"),
     [
         (lambda weight: replace(imaging.NO_LIMITS, max_pixels=int(64 * 48 * weight) - 1), "pixels"),
         (lambda weight: replace(imaging.NO_LIMITS, max_frames=2), "more than 2 frames"),
-        (lambda weight: replace(imaging.NO_LIMITS, max_total_pixels=int(2 * 64 * 48 * weight)), "add up"),
+        (lambda weight: replace(imaging.NO_LIMITS, max_total_pixels=2 * counted((64, 48), weight)), "add up"),
     ],
     ids=["pixels", "frames", "total pixels"],
 )
@@ -1084,17 +1090,26 @@ def test_heic_and_avif_limits_are_checked_before_decoding(monkeypatch, fmt, limi
 @pytest.mark.parametrize(("lossless", "weight"), [(False, 24 / 8), (True, 46 / 8)], ids=["lossy", "lossless"])
 def test_webp_pixels_count_for_the_memory_their_flips_take(lossless, weight):
     source = encode(photo((64, 48)), "WEBP", lossless=lossless)
-    weighted = int(64 * 48 * weight)
-    assert imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=weighted)).format == "WEBP"
+    within = replace(imaging.NO_LIMITS, max_pixels=counted((64, 48), weight))
+    assert imaging.flip(source, limits=within).format == "WEBP"
     with pytest.raises(imaging.TooLarge, match="times the memory a pixel"):
-        imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=weighted - 1))
+        imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=int(64 * 48 * weight) - 1))
+
+
+def test_rows_count_for_the_memory_pillow_keeps_for_them():
+    # One column of 100,000 rows: 100,000 pixels, and 16 bytes a row in Pillow's two copies.
+    tall = encode(Image.new("L", (1, 100_000), 7), "PNG")
+    assert imaging.flip(tall, limits=replace(imaging.NO_LIMITS, max_pixels=300_000)).height == 100_000
+    with pytest.raises(imaging.TooLarge, match="its 100,000 rows cost as much memory as 200,000 more pixels"):
+        imaging.flip(tall, limits=replace(imaging.NO_LIMITS, max_pixels=299_999))
 
 
 @pytest.mark.parametrize("fmt", PHONE_FORMATS)
 def test_heic_and_avif_pixels_count_for_the_memory_their_flips_take(fmt):
     source = _phone_picture(fmt, photo((64, 48)))
     weighted = int(64 * 48 * WEIGHTS[fmt])
-    assert imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=weighted)).format == fmt
+    within = replace(imaging.NO_LIMITS, max_pixels=counted((64, 48), WEIGHTS[fmt]))
+    assert imaging.flip(source, limits=within).format == fmt
     with pytest.raises(imaging.TooLarge, match=f"the limit is {int((weighted - 1) / WEIGHTS[fmt]):,} for {fmt}"):
         imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=weighted - 1))
 
