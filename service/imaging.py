@@ -593,6 +593,8 @@ def _save_params(im, fmt, data) -> dict:
     for key in ("icc_profile", "dpi", "loop"):
         if im.info.get(key) is not None:
             params[key] = im.info[key]
+    if fmt == "TIFF" and 282 not in im.tag_v2:  # XResolution
+        params.pop("dpi", None)  # Pillow reports a TIFF without a resolution as 1x1 dpi
     if fmt in ("JPEG", "PNG", "WEBP", "TIFF", "HEIF", "AVIF"):
         params.update(_exif_params(im, fmt))
     params.update(_FORMAT_PARAMS[fmt](im, data))

@@ -489,6 +489,12 @@ def test_exif_that_cannot_be_written_again_is_kept_by_a_lossless_flip(turbojpeg)
     assert decode(result.data).getexif()[ExifTags.Base.Make] == "flipfleet camera"
 
 
+def test_a_tiff_without_a_resolution_gets_none():
+    # Pillow reads it as 1x1 dpi; written back, that would tell every viewer so.
+    flipped = decode(imaging.flip(encode(photo((30, 20)), "TIFF")).data)
+    assert 282 not in flipped.tag_v2 and 296 not in flipped.tag_v2
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
 def test_ordinary_metadata_is_all_kept(fmt):
     # Dropping is for metadata the writer refuses; a bug that made ordinary metadata fail would
