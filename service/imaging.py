@@ -115,6 +115,7 @@ SOURCE_METADATA = {
 # rotated picture's, 16 bits a sample over the 8 Pillow decoded to, a 2**32-entry ColorMap, a
 # YCbCr photometric over RGB data) and libtiff refuses many of them. Resolution and the ICC
 # profile are left out too: the dpi and icc_profile parameters carry them.
+TIFF_XMP = 700
 TIFF_LAYOUT_TAGS = frozenset({
     255,  # SubfileType (old)
     256, 257,  # ImageWidth, ImageLength
@@ -542,6 +543,8 @@ def _exif_params(im: Image.Image, fmt: str) -> dict:
                 continue
             if value:
                 directories[tag] = value
+        elif tag == TIFF_XMP and isinstance(value, bytes):
+            tags[tag] = jpeg_lossless.xmp_without_orientation(value)  # getexif() took its orientation
         elif tag not in TIFF_LAYOUT_TAGS:
             tags[tag] = value
     params = {}

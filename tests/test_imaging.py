@@ -489,6 +489,28 @@ def test_exif_that_cannot_be_written_again_is_kept_by_a_lossless_flip(turbojpeg)
     assert decode(result.data).getexif()[ExifTags.Base.Make] == "flipfleet camera"
 
 
+@pytest.mark.parametrize("exif_too", [True, False], ids=["exif-and-xmp", "xmp-only"])
+def test_a_tiff_orientation_in_its_xmp_is_applied_once(exif_too):
+    from PIL.TiffImagePlugin import ImageFileDirectory_v2
+
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF>'
+           b'</x:xmpmeta>')
+    tags = ImageFileDirectory_v2()
+    tags[700], tags.tagtype[700] = xmp, 1
+    if exif_too:
+        tags[ExifTags.Base.Orientation] = 6
+    data = encode(photo((40, 30)), "TIFF", tiffinfo=tags)
+    sizes = []
+    for _ in range(3):  # each flip of the last one's answer: turned once, then only flipped
+        result = imaging.flip(data)
+        data = result.data
+        sizes.append((result.width, result.height))
+    assert sizes == [(30, 40)] * 3
+    kept = decode(data).tag_v2[700]
+    assert b"rdf:Description" in kept and b"tiff:Orientation" not in kept
+
+
 def test_a_tiff_without_a_resolution_gets_none():
     # Pillow reads it as 1x1 dpi; written back, that would tell every viewer so.
     flipped = decode(imaging.flip(encode(photo((30, 20)), "TIFF")).data)
