@@ -211,13 +211,13 @@ def transform(data: bytes, operation: Image.Transpose | None) -> bytes:
             if out:
                 lib.tjFree(out)
 
-    return _edit_header(_call(run), drop_mpf=True)
+    return _edit_header(_call(run), transformed=True)
 
 
 def without_orientation(data: bytes) -> bytes:
     """The JPEG in `data` with the orientation taken out of its EXIF and XMP; the rest unchanged.
     NotPerfect when the EXIF cannot be rewritten."""
-    return _edit_header(bytes(data), drop_mpf=False)
+    return _edit_header(bytes(data), transformed=False)
 
 
 def _start_of_frame(data: bytes) -> int | None:
@@ -231,15 +231,19 @@ def _coding(sof: int) -> str:
     return "lossless coding" if sof == 0xC3 else "hierarchical coding"
 
 
-def _edit_header(data: bytes, drop_mpf: bool) -> bytes:
-    """`data` with the EXIF and XMP orientation removed and, if `drop_mpf`, the MPF segment dropped."""
+def _edit_header(data: bytes, transformed: bool) -> bytes:
+    """`data` with the EXIF and XMP orientation removed and, if the picture was `transformed`, what
+    no longer matches it dropped: the MPF segment and the EXIF thumbnail."""
     parts, kept_from = [], 0
     for marker, start, end in jpeg.segments(data):
         body = data[start + 4 : end]
-        if marker == APP2 and drop_mpf and body.startswith(MPF_HEADER):
+        if marker == APP2 and transformed and body.startswith(MPF_HEADER):
             replacement = b""  # its offsets point at pictures that are not in the output
         elif marker == APP1 and body.startswith(EXIF_HEADER):
+            # Rewritten without its orientation, the EXIF has no thumbnail (Pillow writes none).
             replacement = _exif_segment_without_orientation(body)
+            if replacement is None and transformed:
+                replacement = _exif_segment_without_thumbnail(body)
         elif marker == APP1 and body.startswith(XMP_HEADER):
             replacement = _xmp_segment_without_orientation(body)
         else:
@@ -267,6 +271,23 @@ def _exif_segment_without_orientation(body: bytes) -> bytes | None:
     if len(payload) + 2 > 0xFFFF:
         raise NotPerfect("the EXIF data without its orientation does not fit in one segment", "EXIF not rewritable")
     return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _exif_segment_without_thumbnail(body: bytes) -> bytes | None:
+    """The APP1 segment for `body` with its thumbnail's directory (IFD1) unlinked, the rest byte for
+    byte as it was; None when it has none. (Unflipped, the thumbnail would show the wrong picture.)"""
+    tiff = body[len(EXIF_HEADER) :]
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    first = int.from_bytes(tiff[4:8], order)
+    if first + 2 > len(tiff):
+        return None
+    link = first + 2 + 12 * int.from_bytes(tiff[first : first + 2], order)  # after IFD0's entries
+    if link + 4 > len(tiff) or not int.from_bytes(tiff[link : link + 4], order):
+        return None
+    at = len(EXIF_HEADER) + link
+    return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body[:at] + b"\0\0\0\0" + body[at + 4 :]
 
 
 def xmp_without_orientation(xmp: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import random
+import struct
 import threading
 
 import pytest
@@ -215,6 +216,34 @@ def test_the_xmp_orientation_is_taken_out_too(xmp):
 def test_an_exif_without_orientation_is_kept_byte_for_byte():
     source = jpeg("4:2:0", exif=exif(Make="Acme", Model="Roadrunner").tobytes())
     assert app_segments(transform(source, DOWN)) == app_segments(source)
+
+
+def exif_with_thumbnail(order: str) -> bytes:
+    """EXIF of a Make tag in IFD0, and IFD1 holding a 32x16 JPEG thumbnail after it."""
+    thumbnail = encode(photo((32, 16)), "JPEG")
+    ifd1 = 8 + 2 + 12 + 4
+    thumbnail_at = ifd1 + 2 + 3 * 12 + 4
+    magic = b"II*\0" if order == "<" else b"MM\0*"
+    tiff = (magic + struct.pack(order + "IH", 8, 1) + struct.pack(order + "HHI", 0x010F, 2, 3) + b"Mk\0\0"
+            + struct.pack(order + "IH", ifd1, 3)
+            + struct.pack(order + "HHIHH", 0x0103, 3, 1, 6, 0)  # Compression: JPEG
+            + struct.pack(order + "HHII", 0x0201, 4, 1, thumbnail_at) + struct.pack(order + "HHII", 0x0202, 4, 1,
+                                                                                      len(thumbnail))
+            + b"\0\0\0\0" + thumbnail)
+    return b"Exif\0\0" + tiff
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_a_transform_unlinks_the_exif_thumbnail_and_keeps_the_rest(order):
+    # The thumbnail is not transformed: viewers that show it would show the picture unflipped.
+    source = jpeg("4:2:0", exif=exif_with_thumbnail(order))
+    assert decode(source).getexif().get_ifd(ExifTags.IFD.IFD1)
+
+    kept = decode(transform(source, DOWN)).getexif()
+
+    assert kept.get_ifd(ExifTags.IFD.IFD1) == {}
+    assert kept[ExifTags.Base.Make] == "Mk"
+    assert app_segments(jpeg_lossless.without_orientation(source)) == app_segments(source)
 
 
 def test_without_orientation():
