@@ -20,7 +20,7 @@ from harness import ROOT, alongside, client, usage
 from harness.compose import run, size
 from harness.locust import run_locust
 from loadtest.memory import GLIBC_PREFIXES, IMAGE_ENV
-from service import memory
+from service import imaging, memory
 from service.config import Settings
 from service.sample import load_sample
 
@@ -89,8 +89,9 @@ def test_a_replica_at_its_worst_case_stays_under_its_memory_limit(stack):
     (replica,) = flipfleet.container_ids()
     limit = int(flipfleet.inspect(replica, "{{.HostConfig.Memory}}"))
     assert limit == compose_web_limit()
-    width = 8000
-    full = heavy_png(int(settings.max_bytes * 0.95), (width, settings.max_pixels // width))
+    width = 8000  # and as many rows as the pixel limit admits, each counting for two pixels more
+    rows = settings.max_pixels // (width + imaging.ROW_BYTES // imaging.LIMITS_BYTES_PER_PIXEL)
+    full = heavy_png(int(settings.max_bytes * 0.95), (width, rows))
     assert len(full) <= settings.max_bytes
     highest = [0]
     stop = threading.Event()
