@@ -2,7 +2,7 @@
 
 Pillow reads every value of every tag of a directory as it opens the file, a Python object or
 more each: a 24 MB TIFF of one-row strips lists 12 million strip offsets and byte counts, which
-took 30 s and 3.6 GiB before any pixel limit was looked at. Counting them is cheap.
+took 30 s and 3.5 GiB before any pixel limit was looked at. Counting them is cheap.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 
 # The most values a tag may hold: a 50 MP picture in tiles of 16x16, the smallest TIFF allows, has
-# 195,313; Pillow holds these in about 60 MiB and half a second.
+# 195,313; Pillow opened a TIFF of 200,000 strips in 0.6 s and 66 MiB.
 MOST_VALUES = 200_000
 # The first four bytes -> byte order and whether it is a BigTIFF (8-byte offsets and counts).
 _HEADERS = {b"II*\0": ("<", False), b"MM\0*": (">", False), b"II+\0": ("<", True), b"MM\0+": (">", True)}
