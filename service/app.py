@@ -301,9 +301,10 @@ def _http_error(exc: HTTPException) -> Response:
     if request.url_rule is not None and request.url_rule.rule == "/flip" and exc.code in HTTP_REFUSAL_REASON:
         _refused(exc.code, HTTP_REFUSAL_REASON[exc.code])
     if isinstance(exc, RequestEntityTooLarge) and message == RequestEntityTooLarge.description:
-        message = f"the body is over the limit of {current_app.config['MAX_CONTENT_LENGTH']:,} bytes"
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        message = f"the body is over the limit of {limit:,} bytes"
         length = request.content_length
-        if request.mimetype == "multipart/form-data" and length is not None and length <= request.max_content_length:
+        if request.mimetype == "multipart/form-data" and length is not None and length <= limit:
             # werkzeug's form limits, not the body's size
             message = (f"the form has more than {request.max_form_parts:,} parts, or a field that is not a file "
                        f"over {request.max_form_memory_size:,} bytes: send one picture in a field named 'image' "
