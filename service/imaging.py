@@ -83,6 +83,10 @@ PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False)
                         ("WEBP", False): 24, ("WEBP", True): 52, (LOSSLESS_WEBP, False): 46, (LOSSLESS_WEBP, True): 54}
 ALPHA_MODES = frozenset({"RGBA", "LA", "RGBa", "La", "PA"})
 AVIF_SPEED = 8
+# Deflate's best: 258 bytes from one match, whose length and distance codes take a bit each.
+DEFLATE_MOST_RATIO = 1032
+# Samples a pixel by PNG colour type: grey, RGB, palette, grey and alpha, RGBA.
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 JPEG_DECODER_BLOCK = 16 * 1024
 # Pillow reports damaged data through any of these, depending on the plugin: struct.error for a
 # TIFF or EXIF directory cut short, RuntimeError for a TIFF libtiff cannot start decoding.
@@ -436,6 +440,11 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
     except PILLOW_DATA_ERRORS as exc:
         raise NotAnImage(f"the picture's header is damaged: {exc}") from exc
     _check_pixels(im, limits, _memory_format(im.format, data))
+    least = _least_bytes(im.format, data)
+    if len(data) < least:
+        im.close()
+        raise NotAnImage(f"the {im.format} header says {im.width}x{im.height} pixels, more than its {len(data):,} "
+                         f"bytes can hold (at least {least:,}): the data is truncated or the header damaged")
     if im.format in ("JPEG", "MPO"):
         if jpeg.scans(data, limits.max_scans) > limits.max_scans:
             im.close()
@@ -445,6 +454,18 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
         # often: a block of a progressive JPEG may hold hundreds of scans. (1 % of a decode.)
         im.decodermaxblock = JPEG_DECODER_BLOCK
     return im
+
+
+def _least_bytes(fmt: str, data: bytes) -> int:
+    """The fewest bytes a file of its header's pixels can be, for the formats whose decoders would
+    otherwise make up the pixels the data lacks (grey or black) without a word; else 0."""
+    if fmt in ("JPEG", "MPO"):
+        return jpeg.least_bytes(data)
+    if fmt == "PNG" and data[12:16] == b"IHDR":
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        bits = data[24] * PNG_CHANNELS.get(data[25], 1)
+        return width * height * bits // 8 // DEFLATE_MOST_RATIO
+    return 0
 
 
 def _memory_format(fmt: str, data: bytes) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 
 SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
+# Start of frame markers of Huffman-coded DCT pictures: baseline, extended, progressive.
+SOF_HUFFMAN = {0xC0, 0xC1, 0xC2}
 # Markers with no length after them: TEM and the restart markers.
 STANDALONE = {0x01, *range(0xD0, 0xD8)}
 # The end of a scan's entropy-coded data: a 0xFF that is not stuffing (0x00), a restart marker or fill.
@@ -37,6 +39,32 @@ def scans(data: bytes, stop_after: int) -> int:
             if count > stop_after:
                 break
     return count
+
+
+def least_bytes(data: bytes) -> int:
+    """The fewest bytes a Huffman-coded picture of this frame's size can be: every 8x8 block of
+    every component costs at least one bit (its DC code) after the first scan's header. 0 when
+    the frame is not Huffman-coded or not found (arithmetic coding may spend less than a bit)."""
+    frame = scan_start = None
+    for marker, start, end in segments(data):
+        if marker in SOF_HUFFMAN and frame is None:
+            frame = data[start + 4 : end]
+        elif marker == SOS:
+            scan_start = end
+    if frame is None or scan_start is None or len(frame) < 6:
+        return 0
+    height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+    # Each component: (horizontal, vertical) sampling factors, the high and low nibble of its second byte.
+    factors = [(byte >> 4, byte & 15) for byte in frame[7 : 6 + 3 * frame[5] : 3]]
+    most_h, most_v = max((h for h, _ in factors), default=0), max((v for _, v in factors), default=0)
+    if not most_h or not most_v:
+        return 0
+    blocks = sum(_ceil(_ceil(width * h, most_h), 8) * _ceil(_ceil(height * v, most_v), 8) for h, v in factors)
+    return scan_start + _ceil(blocks, 8)
+
+
+def _ceil(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
 
 
 def _walk(data: bytes, skip_stray_bytes: bool):

@@ -42,8 +42,6 @@ OPERATIONS = {
     Image.Transpose.ROTATE_180: TJXOP_ROT180,
     Image.Transpose.ROTATE_270: TJXOP_ROT90,
 }
-# Start of frame markers TurboJPEG transforms with Huffman coding: baseline, extended, progressive.
-SOF_HUFFMAN = {0xC0, 0xC1, 0xC2}
 SOF_ANY = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC share the range
 APP1, APP2 = 0xE1, 0xE2
 EXIF_HEADER = b"Exif\x00\x00"
@@ -190,7 +188,7 @@ def transform(data: bytes, operation: Image.Transpose | None) -> bytes:
     op = OPERATIONS[None if operation is None else Image.Transpose(operation)]
     options = TJXOPT_PERFECT
     sof = _start_of_frame(data)
-    if sof is not None and sof not in SOF_HUFFMAN:
+    if sof is not None and sof not in jpeg.SOF_HUFFMAN:
         # TurboJPEG 2.1 writes Huffman-coded baseline/progressive only: not lossless for these.
         raise NotPerfect(f"JPEG coding SOF{sof - 0xC0} is not transformed losslessly", _coding(sof))
     if sof == 0xC2:

@@ -88,6 +88,14 @@ def png_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header claims width x height pixels over the data of 96x64."""
+    data = bytearray(encode(picture("RGB", (96, 64)), "JPEG"))
+    frame = data.index(b"\xff\xc0")  # marker, length, precision, then height and width
+    data[frame + 5 : frame + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
 def gif_declaring(width: int, height: int) -> bytes:
     """A tiny GIF whose logical screen and frame claim width x height pixels."""
     data = bytearray(encode(Image.new("P", (1, 1)), "GIF"))

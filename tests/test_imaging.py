@@ -20,6 +20,7 @@ from tests.pictures import (
     decode,
     encode,
     gif_declaring,
+    jpeg_declaring,
     many_scans_jpeg,
     noise_png,
     photo,
@@ -196,6 +197,30 @@ def test_other_real_formats_are_unsupported(fmt):
 def test_pixel_limit_is_checked_from_the_header(data):
     with pytest.raises(imaging.TooLarge, match="pixels"):
         imaging.flip(data, limits=replace(imaging.NO_LIMITS, max_pixels=50_000_000))
+
+
+@pytest.mark.parametrize(
+    "data", [jpeg_declaring(7_000, 7_000), jpeg_declaring(6_000, 4_000), png_declaring(7_000, 7_000),
+             png_declaring(2_000, 1_000)],
+    ids=["jpeg-49MP", "jpeg-24MP", "png-49MP", "png-2MP"],
+)
+def test_a_header_claiming_more_pixels_than_the_data_can_hold_is_not_an_image(data):
+    # Within the pixel limit, the decoders would make up the missing pixels (grey, black) and flip them.
+    with pytest.raises(imaging.NotAnImage, match="more than its .* bytes can hold"):
+        imaging.flip(data)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "params"),
+    [("RGB", "PNG", {"compress_level": 9}), ("1", "PNG", {"optimize": True}), ("P", "PNG", {"optimize": True}),
+     ("RGBA", "PNG", {"compress_level": 9}), ("RGB", "JPEG", {"quality": 1, "optimize": True}),
+     ("L", "JPEG", {"quality": 1, "progressive": True}), ("CMYK", "JPEG", {"quality": 1, "optimize": True})],
+    ids=lambda value: value if isinstance(value, str) else "-".join(f"{k}={v}" for k, v in value.items()),
+)
+def test_the_most_compressed_pictures_are_over_the_floor(mode, fmt, params):
+    # One colour at the encoders' best: as few bytes a pixel as a real picture of its size gets.
+    data = encode(Image.new(mode, (3_000, 2_000)), fmt, **params)
+    assert imaging.flip(data, lossless=False).height == 2_000
 
 
 def test_frame_limit():
@@ -878,7 +903,8 @@ def test_a_truncated_jpeg_that_could_be_flipped_losslessly_is_not_an_image(turbo
     source = _jpeg("baseline 4:2:0")
     end = {"in the first scan": source.index(b"\xff\xda") + 20, "half way": len(source) // 2,
            "without EOI": len(source) - 2}[cut]
-    with pytest.raises(imaging.NotAnImage, match="damaged or truncated"):
+    # Cut in the first scan, it is too short for its blocks: refused before TurboJPEG sees it.
+    with pytest.raises(imaging.NotAnImage, match="truncated"):
         imaging.flip(source[:end])
 
 

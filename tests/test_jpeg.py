@@ -1,9 +1,10 @@
-"""A JPEG's markers read without decoding: its header segments and its scans."""
+"""A JPEG's markers read without decoding: its header segments, its scans, the fewest bytes its frame can be."""
 
 import pytest
+from PIL import Image
 
 from service import jpeg
-from tests.pictures import encode, many_scans_jpeg, photo
+from tests.pictures import encode, jpeg_declaring, many_scans_jpeg, photo
 
 
 @pytest.mark.parametrize(
@@ -52,3 +53,33 @@ def test_segments_end_with_the_first_scan_header():
     assert [marker for marker, _, _ in found].count(jpeg.SOS) == 1
     for (_, _, end), (_, start, _) in zip(found, found[1:], strict=False):
         assert end == start  # contiguous: nothing between two header segments
+
+
+@pytest.mark.parametrize(
+    ("mode", "params"),
+    [("RGB", {"optimize": True}), ("RGB", {"progressive": True}), ("L", {"optimize": True}),
+     ("RGB", {"subsampling": 0, "optimize": True}), ("CMYK", {"optimize": True})],
+)
+def test_least_bytes_is_one_bit_a_block_half_of_what_a_one_colour_picture_takes(mode, params):
+    # One colour with optimised tables: a one-bit DC code and a one-bit end of block, every block.
+    data = encode(Image.new(mode, (1_600, 1_200)), "JPEG", quality=1, **params)
+    assert 1.9 < len(data) / jpeg.least_bytes(data) < 2.2
+
+
+def test_least_bytes_counts_every_component_at_its_own_sampling():
+    # 4:2:0: the 200x150 luma blocks, and a quarter as many for each chroma component.
+    data = encode(Image.new("RGB", (1_600, 1_200)), "JPEG", subsampling=2)
+    header = next(end for marker, _, end in jpeg.segments(data) if marker == jpeg.SOS)
+    assert jpeg.least_bytes(data) - header == (200 * 150 + 2 * 100 * 75) // 8
+
+
+def test_least_bytes_reads_the_claimed_size():
+    assert jpeg.least_bytes(jpeg_declaring(7_000, 7_000)) > 7_000 * 7_000 / 64 / 8
+
+
+def test_arithmetic_coding_has_no_floor():
+    # An arithmetic coder may spend less than a bit a block.
+    data = bytearray(jpeg_declaring(7_000, 7_000))
+    frame = data.index(b"\xff\xc0")
+    data[frame + 1] = 0xC9
+    assert jpeg.least_bytes(bytes(data)) == 0
