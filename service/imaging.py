@@ -55,6 +55,9 @@ LOSSY_WEBP_QUALITY = 90
 # For lossless WebP, "quality" is the encoder's effort: at 50 a 3 MP photo's file came out as large
 # as at 100 (within 0.1 %) in half the CPU, and a 4 MP picture of noise took 1.4 s instead of 12.
 WEBP_LOSSLESS_EFFORT = 50
+# A WebP holds a few chunks, an animation about 3 a frame (ANMF and the 1 or 2 inside it): this
+# is over 6,000 frames, and walking them takes about 20 ms.
+WEBP_MOST_CHUNKS = 20_000
 # HEIC and AVIF keep no quality setting to reuse. At 90, two flips of a quality-90 photo stay
 # above 50 dB PSNR for HEIC and near 40 dB for AVIF, whose colour conversion costs more than its
 # quality (tests/test_imaging.py).
@@ -250,7 +253,7 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
     deadline = _Deadline(limits.max_seconds)
     spans = Spans()
     with spans.timing("decode"):
-        im = _open(data, limits, deadline)
+        im, memory_format = _open(data, limits, deadline)
     # MPO (a phone's JPEG with a preview frame appended) is written back as its main JPEG.
     fmt = "JPEG" if im.format == "MPO" else im.format
     try:
@@ -268,7 +271,7 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
                 reason = flipped
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data)
-        frames, durations = _flip_frames(im, operation, limits, fmt, spans, deadline, _memory_format(fmt, data))
+        frames, durations = _flip_frames(im, operation, limits, fmt, spans, deadline, memory_format)
         im.close()  # the decoded pixels: the encoder needs only the flipped ones
         with _pillow_writing(im), spans.timing("encode"):
             written, dropped = _save(frames, durations, params, fmt, lambda: _TimedWriter(deadline,
@@ -421,7 +424,8 @@ def identify(data: bytes) -> str | None:
         return None
 
 
-def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
+def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image, str]:
+    """The picture opened, its header checked against the limits; and its memory format."""
     values = tiff.largest_tag(data, limits.max_frames + 1)
     if values > tiff.MOST_VALUES:
         raise TooCostly(f"the TIFF has a tag of {values:,} values (strip or tile offsets), more than the "
@@ -439,7 +443,8 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
         raise NotAnImage("the body is not a picture this service can read") from None
     except PILLOW_DATA_ERRORS as exc:
         raise NotAnImage(f"the picture's header is damaged: {exc}") from exc
-    _check_pixels(im, limits, _memory_format(im.format, data))
+    memory_format = _memory_format(im.format, data)
+    _check_pixels(im, limits, memory_format)
     least = _least_bytes(im.format, data)
     if len(data) < least:
         im.close()
@@ -453,7 +458,7 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> Image.Image:
         # The decoder gets the data in smaller blocks, so that the deadline is looked at more
         # often: a block of a progressive JPEG may hold hundreds of scans. (1 % of a decode.)
         im.decodermaxblock = JPEG_DECODER_BLOCK
-    return im
+    return im, memory_format
 
 
 def _least_bytes(fmt: str, data: bytes) -> int:
@@ -776,8 +781,10 @@ def _av1_subsampling(data: bytes) -> str | None:
 
 
 def _webp_is_lossless(data: bytes) -> bool:
-    """True when every bitstream in the RIFF container is VP8L (lossless), none VP8."""
+    """True when every bitstream in the RIFF container is VP8L (lossless), none VP8. Walking
+    more than WEBP_MOST_CHUNKS chunks is refused: empty ones cost 8 bytes and a loop turn each."""
     kinds = set()
+    walked = 0
     offset = 12  # past "RIFF", size, "WEBP"
     while offset + 8 <= len(data):
         tag = data[offset : offset + 4]
@@ -790,7 +797,12 @@ def _webp_is_lossless(data: bytes) -> bool:
                 if sub in (b"VP8 ", b"VP8L"):
                     kinds.add(sub)
                 body += 8 + sub_size + (sub_size & 1)
+                walked += 1
         elif tag in (b"VP8 ", b"VP8L"):
             kinds.add(tag)
         offset += 8 + size + (size & 1)
+        walked += 1
+        if walked > WEBP_MOST_CHUNKS:
+            raise TooCostly(f"the WebP has more than {WEBP_MOST_CHUNKS:,} chunks, the most a picture may have "
+                            "(an animation has about 3 a frame): each costs time before any pixel")
     return kinds == {b"VP8L"}

@@ -105,6 +105,15 @@ def gif_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def webp_padded(chunks: int) -> bytes:
+    """A 16x16 lossless WebP with `chunks` empty unknown chunks before its bitstream (allowed by
+    the format, skipped by decoders)."""
+    bitstream = encode(picture("RGB", (16, 16)), "WEBP", lossless=True)[12:]
+    extended = b"VP8X" + struct.pack("<I", 10) + bytes(4) + (15).to_bytes(3, "little") * 2
+    body = b"WEBP" + extended + b"JUNK\0\0\0\0" * chunks + bitstream
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
 def noise(size: tuple[int, int], seed: int = 1) -> Image.Image:
     """Random RGB pixels: what compresses worst, so the heaviest picture of its size."""
     width, height = size

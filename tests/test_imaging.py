@@ -28,6 +28,7 @@ from tests.pictures import (
     png_declaring,
     psnr,
     strips_tiff,
+    webp_padded,
 )
 
 DOWN = Image.Transpose.FLIP_TOP_BOTTOM
@@ -221,6 +222,14 @@ def test_the_most_compressed_pictures_are_over_the_floor(mode, fmt, params):
     # One colour at the encoders' best: as few bytes a pixel as a real picture of its size gets.
     data = encode(Image.new(mode, (3_000, 2_000)), fmt, **params)
     assert imaging.flip(data, lossless=False).height == 2_000
+
+
+def test_a_webp_of_more_chunks_than_any_picture_has_is_refused_before_its_pixels():
+    # Each empty chunk is 8 bytes: 25 MB of them would cost seconds to walk.
+    with pytest.raises(imaging.TooCostly, match="chunks"):
+        imaging.flip(webp_padded(imaging.WEBP_MOST_CHUNKS + 1))
+    flipped = imaging.flip(webp_padded(imaging.WEBP_MOST_CHUNKS - 10))
+    assert decode(flipped.data).tobytes() == picture("RGB", (16, 16)).transpose(DOWN).tobytes()
 
 
 def test_frame_limit():
