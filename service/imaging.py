@@ -238,9 +238,10 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
     """Flip the picture in `data` and encode it again in its own format.
 
     The EXIF orientation is applied with the flip, as the one transpose that does both, so the
-    result is the flip of what a viewer shows, and no orientation tag is written back. At most two
-    whole copies of a frame's pixels exist at once: the decoded one and the transposed one, and
-    the decoded one is freed before the encoder starts.
+    result is the flip of what a viewer shows, and no orientation tag is written back; each page
+    of a TIFF has its own orientation, and its own transpose. Flipped's width and height are the
+    first frame's. At most two whole copies of a frame's pixels exist at once: the decoded one and
+    the transposed one, and the decoded one is freed before the encoder starts.
 
     A JPEG is transposed in the DCT domain (service.jpeg_lossless, nothing decoded, nothing
     lost) unless `lossless` is False or that cannot be done; Flipped.path and Flipped.reason
@@ -257,9 +258,7 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
     # MPO (a phone's JPEG with a preview frame appended) is written back as its main JPEG.
     fmt = "JPEG" if im.format == "MPO" else im.format
     try:
-        with _pillow_reading(im), spans.timing("decode"):
-            orientation = im.getexif().get(ORIENTATION, 1)
-        operation = compose(ORIENTATION_TRANSPOSE.get(orientation), DIRECTIONS[direction])
+        operation = _operation(im, direction, spans)
         reason = ""
         if fmt == "JPEG":
             if not lossless:
@@ -271,7 +270,7 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
                 reason = flipped
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data)
-        frames, durations = _flip_frames(im, operation, limits, fmt, spans, deadline, memory_format)
+        frames, durations = _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_format)
         im.close()  # the decoded pixels: the encoder needs only the flipped ones
         with _pillow_writing(im), spans.timing("encode"):
             written, dropped = _save(frames, durations, params, fmt, lambda: _TimedWriter(deadline,
@@ -280,6 +279,17 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
         im.close()
     first = frames[0]
     return Flipped(written, fmt, first.width, first.height, len(frames), spans, dropped, RE_ENCODED, reason)
+
+
+def _operation(im: Image.Image, direction: str, spans: Spans) -> Image.Transpose | None:
+    """The one transpose that applies the EXIF orientation of `im`'s current frame, then flips it
+    in `direction`. Orientations outside 1-8 are ignored, as viewers ignore them.
+
+    The orientation is taken out of the frame's EXIF, before its pixels are loaded: Pillow turns a
+    TIFF page by it as it loads the page, and the transpose would turn it a second time."""
+    with _pillow_reading(im), spans.timing("decode"):
+        orientation = im.getexif().pop(ORIENTATION, 1)
+    return compose(ORIENTATION_TRANSPOSE.get(orientation), DIRECTIONS[direction])
 
 
 def _flip_jpeg_losslessly(data, size, operation, limits, spans, deadline) -> Flipped | str:
@@ -506,13 +516,16 @@ def pixel_weight(memory_format: str, mode: str) -> float:
     return max(1.0, peak / LIMITS_BYTES_PER_PIXEL)
 
 
-def _flip_frames(im, operation, limits, fmt, spans, deadline, memory_format):
-    """Every frame transposed by `operation` (None: copied as it is)."""
+def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_format):
+    """Every frame transposed by `operation` (None: copied as it is), but a TIFF's later pages, each
+    by its own orientation and the flip in `direction`."""
     frames, durations = [], []
     total_pixels = 0
     for index, frame in enumerate(_pillow_frames(im, spans)):
         if fmt == "JPEG" and index:
             break
+        if fmt == "TIFF" and index:
+            operation = _operation(frame, direction, spans)  # each page's directory has its own
         if index >= limits.max_frames:
             raise TooLarge(f"the animation has more than {limits.max_frames} frames")
         total_pixels += _check_pixels(frame, limits, memory_format)

@@ -545,6 +545,52 @@ def test_a_tiff_orientation_in_its_xmp_is_applied_once(exif_too):
     assert b"rdf:Description" in kept and b"tiff:Orientation" not in kept
 
 
+def _cornered(size: tuple[int, int]) -> Image.Image:
+    """Black but for one red pixel in the top left corner: where it ends up shows the transpose."""
+    im = Image.new("RGB", size)
+    im.putpixel((0, 0), (255, 0, 0))
+    return im
+
+
+def _tiff_pages(orientations: list[int], compression: str) -> bytes:
+    """A TIFF of 40x30 pages, each with its own Orientation tag in its own directory."""
+    pages = [_cornered((40, 30)) for _ in orientations]
+    for page, orientation in zip(pages[1:], orientations[1:], strict=True):
+        page.encoderinfo = {"exif": _tags(Orientation=orientation)}  # over the first page's
+    return encode(pages[0], "TIFF", save_all=True, append_images=pages[1:], compression=compression,
+                  exif=_tags(Orientation=orientations[0]))
+
+
+# Each page's orientation, applied to that page alone, decoded by Pillow (raw) and by libtiff.
+@pytest.mark.parametrize(("orientations", "compression"), [
+    ([6, 1], "raw"), ([3, 8], "raw"), ([1, 6], "raw"), ([5, 7, 2], "raw"),
+    ([9, 6], "raw"),  # 9 is no orientation, and is ignored (libtiff's writer refuses it)
+    ([6, 1], "tiff_lzw"), ([3, 8], "tiff_lzw"),
+], ids=str)
+@pytest.mark.parametrize("direction", ["vertical", "horizontal"])
+def test_each_tiff_page_is_turned_by_its_own_orientation(orientations, compression, direction):
+    source = _tiff_pages(orientations, compression)
+    pages = Image.open(io.BytesIO(source))
+    stored = []
+    for index in range(pages.n_frames):
+        pages.seek(index)
+        stored.append(pages.tag_v2[ExifTags.Base.Orientation])
+    assert stored == orientations  # each page's own directory has its own tag
+
+    result = imaging.flip(source, direction)
+
+    flipped = Image.open(io.BytesIO(result.data))
+    assert result.frames == flipped.n_frames == len(orientations)
+    for index in range(len(orientations)):
+        pages.seek(index)
+        flipped.seek(index)
+        expected = ImageOps.exif_transpose(pages).transpose(imaging.DIRECTIONS[direction])
+        assert (flipped.size, flipped.getbbox()) == (expected.size, expected.getbbox()), f"page {index + 1}"
+        assert ExifTags.Base.Orientation not in flipped.tag_v2
+    pages.seek(0)
+    assert (result.width, result.height) == ImageOps.exif_transpose(pages).size
+
+
 def test_a_tiff_without_a_resolution_gets_none():
     # Pillow reads it as 1x1 dpi; written back, that would tell every viewer so.
     flipped = decode(imaging.flip(encode(photo((30, 20)), "TIFF")).data)
