@@ -23,6 +23,8 @@ SONAME = "libturbojpeg.so.0"
 TJXOP_NONE = 0
 TJXOP_HFLIP, TJXOP_VFLIP, TJXOP_TRANSPOSE, TJXOP_TRANSVERSE = 1, 2, 3, 4
 TJXOP_ROT90, TJXOP_ROT180, TJXOP_ROT270 = 5, 6, 7
+# The operations that turn a picture a quarter: its width and height change places.
+TJXOP_QUARTER_TURNS = frozenset({TJXOP_TRANSPOSE, TJXOP_TRANSVERSE, TJXOP_ROT90, TJXOP_ROT270})
 TJXOPT_PERFECT = 1
 TJXOPT_PROGRESSIVE = 32
 TJFLAG_STOPONWARNING = 8192
@@ -45,6 +47,8 @@ OPERATIONS = {
 SOF_ANY = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC share the range
 APP1, APP2 = 0xE1, 0xE2
 EXIF_HEADER = b"Exif\x00\x00"
+# The EXIF's width and height of the picture, in its Exif directory.
+PIXEL_DIMENSIONS = (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight)
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 MPF_HEADER = b"MPF\x00"
 # The XMP forms of the orientation, as ImageOps.exif_transpose removes them.
@@ -182,7 +186,8 @@ def transform(data: bytes, operation: Image.Transpose | None) -> bytes:
     or truncated data; Unavailable without libturbojpeg. Every APPn and COM marker is kept, less
     the orientation (EXIF's tag, XMP's tiff:Orientation) and an MPO's MPF index; what follows
     the first EOI is dropped. The orientation is removed, not applied: to turn what a viewer
-    shows, compose it into `operation`.
+    shows, compose it into `operation`. Turned a quarter, the EXIF's PixelXDimension and
+    PixelYDimension change places too.
     """
     data = bytes(data)
     op = OPERATIONS[None if operation is None else Image.Transpose(operation)]
@@ -209,13 +214,13 @@ def transform(data: bytes, operation: Image.Transpose | None) -> bytes:
             if out:
                 lib.tjFree(out)
 
-    return _edit_header(_call(run), transformed=True)
+    return _edit_header(_call(run), transformed=True, turned=op in TJXOP_QUARTER_TURNS)
 
 
 def without_orientation(data: bytes) -> bytes:
     """The JPEG in `data` with the orientation taken out of its EXIF and XMP; the rest unchanged.
     NotPerfect when the EXIF cannot be rewritten."""
-    return _edit_header(bytes(data), transformed=False)
+    return _edit_header(bytes(data), transformed=False, turned=False)
 
 
 def _start_of_frame(data: bytes) -> int | None:
@@ -229,19 +234,23 @@ def _coding(sof: int) -> str:
     return "lossless coding" if sof == 0xC3 else "hierarchical coding"
 
 
-def _edit_header(data: bytes, transformed: bool) -> bytes:
+def _edit_header(data: bytes, transformed: bool, turned: bool) -> bytes:
     """`data` with the EXIF and XMP orientation removed and, if the picture was `transformed`, what
-    no longer matches it dropped: the MPF segment and the EXIF thumbnail."""
+    no longer matches it dropped: the MPF segment and the EXIF thumbnail; if it was `turned` a
+    quarter, the EXIF's width and height swapped."""
     parts, kept_from = [], 0
     for marker, start, end in jpeg.segments(data):
         body = data[start + 4 : end]
         if marker == APP2 and transformed and body.startswith(MPF_HEADER):
             replacement = b""  # its offsets point at pictures that are not in the output
         elif marker == APP1 and body.startswith(EXIF_HEADER):
+            edited = _exif_with_dimensions_swapped(body) if turned else body
             # Rewritten without its orientation, the EXIF has no thumbnail (Pillow writes none).
-            replacement = _exif_segment_without_orientation(body)
+            replacement = _exif_segment_without_orientation(edited)
             if replacement is None and transformed:
-                replacement = _exif_segment_without_thumbnail(body)
+                replacement = _exif_segment_without_thumbnail(edited)
+            if replacement is None and edited != body:
+                replacement = _app1_segment(edited)
         elif marker == APP1 and body.startswith(XMP_HEADER):
             replacement = _xmp_segment_without_orientation(body)
         else:
@@ -268,15 +277,61 @@ def _exif_segment_without_orientation(body: bytes) -> bytes | None:
         raise NotPerfect(f"the EXIF data cannot be rewritten: {exc}", "EXIF not rewritable") from exc
     if len(payload) + 2 > 0xFFFF:
         raise NotPerfect("the EXIF data without its orientation does not fit in one segment", "EXIF not rewritable")
-    return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return _app1_segment(payload)
+
+
+def _exif_with_dimensions_swapped(body: bytes) -> bytes:
+    """The EXIF `body` with its Exif directory's PixelXDimension and PixelYDimension swapped, the
+    rest byte for byte: each entry takes the other's type, count and value, so each value keeps
+    the type it was stored as; a lone one takes the other's tag. Unchanged when it has neither."""
+    tiff = body[len(EXIF_HEADER) :]
+    order = _byte_order(tiff)
+    if order is None:
+        return body
+    pointer = _ifd_entries(tiff, int.from_bytes(tiff[4:8], order), order).get(ExifTags.IFD.Exif)
+    if pointer is None:
+        return body
+    entries = _ifd_entries(tiff, int.from_bytes(tiff[pointer + 8 : pointer + 12], order), order)
+    found = {tag: len(EXIF_HEADER) + entries[tag] for tag in PIXEL_DIMENSIONS if tag in entries}
+    swapped = bytearray(body)
+    if len(found) == 2:
+        width, height = found.values()
+        swapped[width + 2 : width + 12] = body[height + 2 : height + 12]
+        swapped[height + 2 : height + 12] = body[width + 2 : width + 12]
+    elif found:
+        ((tag, at),) = found.items()
+        (other,) = set(PIXEL_DIMENSIONS) - {tag}
+        # The two tags are next to each other: the directory stays in the order of its tags.
+        swapped[at : at + 2] = other.to_bytes(2, order)
+    return bytes(swapped)
+
+
+def _byte_order(tiff: bytes) -> str | None:
+    """The byte order of the TIFF structure an EXIF holds, or None when it is not one."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    return order if len(tiff) >= 8 else None
+
+
+def _ifd_entries(tiff: bytes, offset: int, order: str) -> dict[int, int]:
+    """Tag -> offset in `tiff` of its 12-byte entry, for the entries of the directory at `offset`
+    that `tiff` holds whole."""
+    if offset + 2 > len(tiff):
+        return {}
+    count = int.from_bytes(tiff[offset : offset + 2], order)
+    starts = range(offset + 2, min(offset + 2 + 12 * count, len(tiff) - 11), 12)
+    return {int.from_bytes(tiff[at : at + 2], order): at for at in starts}
+
+
+def _app1_segment(body: bytes) -> bytes:
+    return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
 
 
 def _exif_segment_without_thumbnail(body: bytes) -> bytes | None:
     """The APP1 segment for `body` with its thumbnail's directory (IFD1) unlinked, the rest byte for
     byte as it was; None when it has none. (Unflipped, the thumbnail would show the wrong picture.)"""
     tiff = body[len(EXIF_HEADER) :]
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
-    if order is None or len(tiff) < 8:
+    order = _byte_order(tiff)
+    if order is None:
         return None
     first = int.from_bytes(tiff[4:8], order)
     if first + 2 > len(tiff):
@@ -285,7 +340,7 @@ def _exif_segment_without_thumbnail(body: bytes) -> bytes | None:
     if link + 4 > len(tiff) or not int.from_bytes(tiff[link : link + 4], order):
         return None
     at = len(EXIF_HEADER) + link
-    return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body[:at] + b"\0\0\0\0" + body[at + 4 :]
+    return _app1_segment(body[:at] + b"\0\0\0\0" + body[at + 4 :])
 
 
 def xmp_without_orientation(xmp: bytes) -> bytes:
@@ -301,4 +356,4 @@ def _xmp_segment_without_orientation(body: bytes) -> bytes | None:
     payload = xmp_without_orientation(body)
     if payload == body:
         return None
-    return b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return _app1_segment(payload)

@@ -246,6 +246,56 @@ def test_a_transform_unlinks_the_exif_thumbnail_and_keeps_the_rest(order):
     assert app_segments(jpeg_lossless.without_orientation(source)) == app_segments(source)
 
 
+SHORT, LONG = 3, 4
+WIDTH, HEIGHT = jpeg_lossless.PIXEL_DIMENSIONS
+
+
+def exif_with_dimensions(order: str, dimensions: dict[int, tuple[int, int]]) -> bytes:
+    """EXIF of a Make tag and the Exif directory's pointer in IFD0, and that directory holding
+    `dimensions`: tag -> (type, value)."""
+    exif_directory = 8 + 2 + 2 * 12 + 4
+    ifd0 = (struct.pack(order + "H", 2) + struct.pack(order + "HHI", 0x010F, 2, 3) + b"Mk\0\0"
+            + struct.pack(order + "HHII", ExifTags.IFD.Exif, LONG, 1, exif_directory) + b"\0\0\0\0")
+    entries = [struct.pack(order + "HHI", tag, kind, 1) + struct.pack(order + ("HH" if kind == SHORT else "I"),
+                                                                       value, *([0] if kind == SHORT else []))
+               for tag, (kind, value) in sorted(dimensions.items())]
+    return (b"Exif\0\0" + (b"II*\0" if order == "<" else b"MM\0*") + struct.pack(order + "I", 8) + ifd0
+            + struct.pack(order + "H", len(entries)) + b"".join(entries) + b"\0\0\0\0")
+
+
+def exif_segment(data: bytes) -> bytes:
+    (segment,) = [seg for seg in app_segments(data) if seg[4:].startswith(b"Exif")]
+    return segment
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize(("stored", "turned"), [
+    ({WIDTH: (SHORT, 320), HEIGHT: (SHORT, 240)}, {WIDTH: (SHORT, 240), HEIGHT: (SHORT, 320)}),
+    ({WIDTH: (LONG, 320), HEIGHT: (LONG, 240)}, {WIDTH: (LONG, 240), HEIGHT: (LONG, 320)}),
+    ({WIDTH: (SHORT, 320), HEIGHT: (LONG, 240)}, {WIDTH: (LONG, 240), HEIGHT: (SHORT, 320)}),
+    ({WIDTH: (LONG, 320)}, {HEIGHT: (LONG, 320)}),
+], ids=["shorts", "longs", "each value its own type", "width alone"])
+def test_a_quarter_turn_swaps_the_exif_width_and_height_and_keeps_the_rest(order, stored, turned):
+    # Without an orientation tag the EXIF is not rewritten by Pillow: only these bytes change.
+    source = jpeg("4:2:0", exif=exif_with_dimensions(order, stored))
+    assert decode(source).getexif().get_ifd(ExifTags.IFD.Exif) == {tag: value for tag, (_, value) in stored.items()}
+
+    for operation in (T.ROTATE_90, T.TRANSPOSE):
+        result = transform(source, operation)
+        assert decode(result).size == SIZE[::-1]
+        assert exif_segment(result) == exif_segment(jpeg("4:2:0", exif=exif_with_dimensions(order, turned)))
+    assert exif_segment(transform(source, DOWN)) == exif_segment(source)
+
+
+def test_a_quarter_turn_with_an_orientation_tag_swaps_the_exif_width_and_height():
+    # Rewritten by Pillow without its orientation: the swapped values are what it writes.
+    tags = exif(Orientation=6, Make="Acme")
+    tags.get_ifd(ExifTags.IFD.Exif).update({WIDTH: SIZE[0], HEIGHT: SIZE[1]})
+    result = decode(transform(jpeg("4:2:0", exif=tags.tobytes()), T.ROTATE_270))
+    directory = result.getexif().get_ifd(ExifTags.IFD.Exif)
+    assert (directory[WIDTH], directory[HEIGHT]) == result.size == SIZE[::-1]
+
+
 def test_without_orientation():
     source = jpeg("4:2:0", exif=exif(Orientation=8, Make="Acme").tobytes())
     result = jpeg_lossless.without_orientation(source)
