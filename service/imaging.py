@@ -269,7 +269,7 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
                     return flipped
                 reason = flipped
         # The first frame's info holds the file-wide settings; seeking replaces it.
-        params = _save_params(im, fmt, data)
+        params = _save_params(im, fmt, data, turned=operation in QUARTER_TURNS)
         frames, durations = _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_format)
         im.close()  # the decoded pixels: the encoder needs only the flipped ones
         with _pillow_writing(im), spans.timing("encode"):
@@ -556,8 +556,9 @@ def _pillow_frames(im: Image.Image, spans: Spans):
         yield frame
 
 
-def _exif_params(im: Image.Image, fmt: str) -> dict:
-    """The source's EXIF to write back, without the orientation tag (the flip applies it).
+def _exif_params(im: Image.Image, fmt: str, turned: bool) -> dict:
+    """The source's EXIF to write back, without the orientation tag (the flip applies it), and with
+    its PixelXDimension and PixelYDimension swapped if the flip `turned` the picture a quarter.
 
     For a TIFF, Pillow's getexif() is the file's first directory: its layout tags are left out
     (TIFF_LAYOUT_TAGS), and what remains is kept in two parts that can be dropped apart, the
@@ -571,7 +572,8 @@ def _exif_params(im: Image.Image, fmt: str) -> dict:
     if ORIENTATION in exif:
         del exif[ORIENTATION]
     if fmt != "TIFF":
-        return {"exif": _exif_bytes(exif.tobytes)}
+        serialise = (lambda: _pixel_dimensions_swapped(exif).tobytes()) if turned else exif.tobytes
+        return {"exif": _exif_bytes(serialise)}
     tags, directories, unreadable = {}, {}, False
     for tag, value in exif.items():
         if tag in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
@@ -580,6 +582,8 @@ def _exif_params(im: Image.Image, fmt: str) -> dict:
             except _EXIF_WRITE_ERRORS:
                 unreadable = True
                 continue
+            if tag == ExifTags.IFD.Exif and turned:
+                _swap_pixel_dimensions(value)
             if value:
                 directories[tag] = value
         elif tag == TIFF_XMP and isinstance(value, bytes):
@@ -592,6 +596,21 @@ def _exif_params(im: Image.Image, fmt: str) -> dict:
     if directories or unreadable:
         params["exif"] = directories if _writable(directories) and not unreadable else _UNWRITABLE
     return params
+
+
+def _pixel_dimensions_swapped(exif: Image.Exif) -> Image.Exif:
+    """`exif`, changed: its Exif directory's PixelXDimension and PixelYDimension swapped."""
+    if ExifTags.IFD.Exif in exif:
+        _swap_pixel_dimensions(exif.get_ifd(ExifTags.IFD.Exif))
+    return exif
+
+
+def _swap_pixel_dimensions(directory: dict) -> None:
+    """The Exif `directory`'s width and height swapped, those it has: a lone one takes the other's tag."""
+    width, height = (directory.pop(tag, None) for tag in jpeg_lossless.PIXEL_DIMENSIONS)
+    for tag, value in zip(jpeg_lossless.PIXEL_DIMENSIONS, (height, width), strict=True):
+        if value is not None:
+            directory[tag] = value
 
 
 def _sub_directory(exif: Image.Exif, tag: int) -> dict:
@@ -630,7 +649,7 @@ def _tiff_exif(*parts: dict) -> bytes:
     return exif.tobytes()
 
 
-def _save_params(im, fmt, data) -> dict:
+def _save_params(im, fmt, data, turned) -> dict:
     params = {}
     for key in ("icc_profile", "dpi", "loop"):
         if im.info.get(key) is not None:
@@ -638,7 +657,7 @@ def _save_params(im, fmt, data) -> dict:
     if fmt == "TIFF" and 282 not in im.tag_v2:  # XResolution
         params.pop("dpi", None)  # Pillow reports a TIFF without a resolution as 1x1 dpi
     if fmt in ("JPEG", "PNG", "WEBP", "TIFF", "HEIF", "AVIF"):
-        params.update(_exif_params(im, fmt))
+        params.update(_exif_params(im, fmt, turned))
     params.update(_FORMAT_PARAMS[fmt](im, data))
     return params
 

@@ -591,6 +591,34 @@ def test_each_tiff_page_is_turned_by_its_own_orientation(orientations, compressi
     assert (result.width, result.height) == ImageOps.exif_transpose(pages).size
 
 
+def _with_pixel_dimensions(fmt: str, orientation: int) -> bytes:
+    """A 128x64 picture whose EXIF has an orientation and PixelXDimension and PixelYDimension."""
+    exif = Image.Exif()
+    exif[imaging.ORIENTATION] = orientation
+    exif.get_ifd(ExifTags.IFD.Exif).update({ExifTags.Base.ExifImageWidth: 128, ExifTags.Base.ExifImageHeight: 64})
+    return encode(photo((128, 64)), fmt, exif=exif.tobytes())
+
+
+def _exif_pixel_dimensions(data: bytes) -> tuple[int, int]:
+    directory = decode(data).getexif().get_ifd(ExifTags.IFD.Exif)
+    return directory[ExifTags.Base.ExifImageWidth], directory[ExifTags.Base.ExifImageHeight]
+
+
+@pytest.mark.parametrize(("lossless", "path"), [(True, "lossless"), (False, "re-encoded")])
+@pytest.mark.parametrize(("orientation", "size"), [(6, (64, 128)), (3, (128, 64))], ids=["turned", "upside-down"])
+def test_the_jpeg_exif_width_and_height_are_the_flipped_pictures(turbojpeg, lossless, path, orientation, size):
+    result = imaging.flip(_with_pixel_dimensions("JPEG", orientation), lossless=lossless)
+    assert result.path == path
+    assert _exif_pixel_dimensions(result.data) == decode(result.data).size == size
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+@pytest.mark.parametrize(("orientation", "size"), [(6, (64, 128)), (3, (128, 64))], ids=["turned", "upside-down"])
+def test_the_exif_width_and_height_written_back_are_the_flipped_pictures(fmt, orientation, size):
+    result = imaging.flip(_with_pixel_dimensions(fmt, orientation))
+    assert _exif_pixel_dimensions(result.data) == decode(result.data).size == size
+
+
 def test_a_tiff_without_a_resolution_gets_none():
     # Pillow reads it as 1x1 dpi; written back, that would tell every viewer so.
     flipped = decode(imaging.flip(encode(photo((30, 20)), "TIFF")).data)
