@@ -78,8 +78,9 @@ HEIF_TILE = 512
 # times 1/8 each against FLIP_MAX_PIXELS and FLIP_MAX_TOTAL_PIXELS, so that the memory worked out
 # holds.
 LIMITS_BYTES_PER_PIXEL = 8
-# Pillow keeps an 8-byte pointer a row in each of the two copies: a flip of a picture of one
-# column and 10 million rows held 172 MiB at its peak, 18 bytes a row. Rows count for this much too.
+# Pillow keeps an 8-byte pointer a row in each of the two copies (a quarter turn's has a row a
+# column): a flip of a picture of one column and 10 million rows held 172 MiB at its peak, 18
+# bytes a row. Each row counts for this much too.
 ROW_BYTES = 16
 LOSSLESS_WEBP = "lossless WEBP"
 PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False): 32, ("AVIF", True): 36,
@@ -488,12 +489,13 @@ def _memory_format(fmt: str, data: bytes) -> str:
     return LOSSLESS_WEBP if fmt == "WEBP" and _webp_is_lossless(data) else fmt
 
 
-def _check_pixels(im: Image.Image, limits: Limits, memory_format: str) -> float:
+def _check_pixels(im: Image.Image, limits: Limits, memory_format: str, turned: bool = False) -> float:
     """Refuse from the header alone, before anything is decoded; else the pixels `im` counts for
-    against the limits (pixel_weight, and its rows)."""
+    against the limits (pixel_weight, and its rows: a quarter turn's copy has a row a column)."""
     width, height = im.size
     weight = pixel_weight(memory_format, im.mode)
-    counted = width * height * weight + height * ROW_BYTES / LIMITS_BYTES_PER_PIXEL
+    rows = (height + (width if turned else height)) / 2
+    counted = width * height * weight + rows * ROW_BYTES / LIMITS_BYTES_PER_PIXEL
     if width * height * weight > limits.max_pixels:
         alpha = " with alpha" if im.mode in ALPHA_MODES else ""
         heavier = (f" for {memory_format} pictures{alpha}: flipping them takes {weight:g} times the memory a pixel"
@@ -504,7 +506,8 @@ def _check_pixels(im: Image.Image, limits: Limits, memory_format: str) -> float:
         )
     if counted > limits.max_pixels:
         raise TooLarge(
-            f"the picture is {width}x{height}: its {height:,} rows cost as much memory as "
+            f"the picture is {width}x{height}: its {height:,} rows{f' and {width:,} once turned' if turned else ''} "
+            "cost as much memory as "
             f"{int(counted - width * height * weight):,} more pixels, over the limit of {limits.max_pixels:,}"
         )
     return counted
@@ -528,7 +531,7 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
             operation = _operation(frame, direction, spans)  # each page's directory has its own
         if index >= limits.max_frames:
             raise TooLarge(f"the animation has more than {limits.max_frames} frames")
-        total_pixels += _check_pixels(frame, limits, memory_format)
+        total_pixels += _check_pixels(frame, limits, memory_format, turned=operation in QUARTER_TURNS)
         if total_pixels > limits.max_total_pixels:
             raise TooLarge(
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"

@@ -1241,6 +1241,16 @@ def test_rows_count_for_the_memory_pillow_keeps_for_them():
         imaging.flip(tall, limits=replace(imaging.NO_LIMITS, max_pixels=299_999))
 
 
+def test_a_quarter_turns_rows_count_for_its_columns():
+    # One row of 100,000 pixels, turned by its orientation: the turned copy has 100,000 rows.
+    wide = encode(Image.new("L", (100_000, 1), 7), "PNG", exif=_tags(Orientation=6))
+    assert imaging.flip(wide, limits=replace(imaging.NO_LIMITS, max_pixels=200_001)).height == 100_000
+    with pytest.raises(imaging.TooLarge, match="its 1 rows and 100,000 once turned cost"):
+        imaging.flip(wide, limits=replace(imaging.NO_LIMITS, max_pixels=200_000))
+    unturned = encode(Image.new("L", (100_000, 1), 7), "PNG")
+    assert imaging.flip(unturned, limits=replace(imaging.NO_LIMITS, max_pixels=100_002)).height == 1
+
+
 @pytest.mark.parametrize("fmt", PHONE_FORMATS)
 def test_heic_and_avif_pixels_count_for_the_memory_their_flips_take(fmt):
     source = _phone_picture(fmt, photo((64, 48)))
