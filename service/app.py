@@ -130,7 +130,8 @@ def _flip_response(result: imaging.Flipped) -> Response:
     response.headers["X-Image-Frames"] = str(result.frames)
     response.headers["X-Flipfleet-Flip"] = f"{result.path}; {result.reason}" if result.reason else result.path
     if result.dropped:
-        # The source's metadata the format's writer refused: the picture is flipped without it.
+        # The source's metadata the format's writer refused, or its 16 bits a sample written at
+        # 8: the picture is flipped without them.
         response.headers["X-Flipfleet-Dropped"] = ", ".join(result.dropped)
     request.environ["flipfleet.view_done"] = time.perf_counter()
     return response

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import pillow_heif
-from PIL import ExifTags, Image, ImageSequence, JpegImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageMode, ImageSequence, JpegImagePlugin, UnidentifiedImageError
 
 from service import jpeg, jpeg_lossless, tiff
 
@@ -117,6 +117,11 @@ SOURCE_METADATA = {
     "icc_profile": "icc_profile",
     "transparency": "transparency",
 }
+# Flipped.dropped's name for a picture of 16 bits a sample written at 8. Pillow decodes PNG's RGB,
+# RGBA and grey with alpha, and TIFF's RGB, RGBA and CMYK, of 16 bits to its 8-bit modes, and the
+# writers write what was decoded; 16-bit grey (mode I;16) is decoded and written at 16.
+SIXTEEN_BIT_DEPTH = "16_bit_depth"
+TIFF_BITS_PER_SAMPLE = 258
 # The tags of a TIFF's first directory (what Pillow's getexif() gives for a TIFF) that describe
 # how the source stored its pixels, not what the picture shows: the writer chooses its own.
 # Written back from the source they would override the writer's layout (the source's width over a
@@ -223,7 +228,8 @@ class Flipped:
     height: int
     frames: int
     spans: Spans = field(default_factory=Spans)
-    # The source's metadata left out because the writer refused it (SOURCE_METADATA's names).
+    # The source's metadata left out because the writer refused it (SOURCE_METADATA's names),
+    # then SIXTEEN_BIT_DEPTH when its 16 bits a sample were written at 8.
     dropped: tuple[str, ...] = ()
     path: str = RE_ENCODED  # LOSSLESS or RE_ENCODED
     # Why a JPEG was re-encoded rather than flipped losslessly ("not aligned", "asked"...); empty
@@ -258,6 +264,8 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
         im, memory_format = _open(data, limits, deadline)
     # MPO (a phone's JPEG with a preview frame appended) is written back as its main JPEG.
     fmt = "JPEG" if im.format == "MPO" else im.format
+    # Before getexif(), which decodes a PNG: decoding empties the tile that tells a PNG's depth.
+    narrowed = _narrowed_to_8_bits(im)
     try:
         operation = _operation(im, direction, spans)
         reason = ""
@@ -271,13 +279,16 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
                 reason = flipped
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data, turned=operation in QUARTER_TURNS)
-        frames, durations = _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_format)
+        frames, durations, narrowed_frames = _flip_frames(im, operation, direction, limits, fmt, spans, deadline,
+                                                          memory_format)
         im.close()  # the decoded pixels: the encoder needs only the flipped ones
         with _pillow_writing(im), spans.timing("encode"):
             written, dropped = _save(frames, durations, params, fmt, lambda: _TimedWriter(deadline,
                                                                                           limits.max_answer_bytes))
     finally:
         im.close()
+    if narrowed or narrowed_frames:
+        dropped = (*dropped, SIXTEEN_BIT_DEPTH)
     first = frames[0]
     return Flipped(written, fmt, first.width, first.height, len(frames), spans, dropped, RE_ENCODED, reason)
 
@@ -521,9 +532,11 @@ def pixel_weight(memory_format: str, mode: str) -> float:
 
 def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_format):
     """Every frame transposed by `operation` (None: copied as it is), but a TIFF's later pages, each
-    by its own orientation and the flip in `direction`."""
+    by its own orientation and the flip in `direction`; and whether any of them was decoded from
+    16 bits a sample to 8 (_narrowed_to_8_bits)."""
     frames, durations = [], []
     total_pixels = 0
+    narrowed = False
     for index, frame in enumerate(_pillow_frames(im, spans)):
         if fmt == "JPEG" and index:
             break
@@ -537,6 +550,7 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"
             )
         deadline.check()
+        narrowed = narrowed or _narrowed_to_8_bits(frame)
         with _pillow_reading(im):
             with spans.timing("decode"):
                 frame.load()
@@ -545,7 +559,20 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
                 flipped = frame.copy() if operation is None else frame.transpose(operation)
         durations.append(frame.info.get("duration"))  # WebP sets it only once loaded
         frames.append(flipped)
-    return frames, durations
+    return frames, durations, narrowed
+
+
+def _narrowed_to_8_bits(frame: Image.Image) -> bool:
+    """Whether the frame `frame` is at has 16 bits a sample that Pillow decodes to an 8-bit mode,
+    from its header: a PNG's rawmode ("RGB;16B"; its tile is emptied once the frame is decoded),
+    a TIFF page's BitsPerSample."""
+    if frame.format == "PNG":
+        sixteen_bits = any(";16" in tile.args for tile in frame.tile)
+    elif frame.format == "TIFF":
+        sixteen_bits = 16 in frame.tag_v2.get(TIFF_BITS_PER_SAMPLE, ())
+    else:
+        return False
+    return sixteen_bits and ImageMode.getmode(frame.mode).typestr[-1] == "1"  # not I;16, I or F
 
 
 def _pillow_frames(im: Image.Image, spans: Spans):

@@ -96,6 +96,25 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+# (bands, PNG colour type) of each mode a 16-bit PNG can hold.
+PNG_COLOUR_TYPES = {"L": (1, 0), "RGB": (3, 2), "LA": (2, 4), "RGBA": (4, 6)}
+
+
+def png_16_bits(mode: str, size: tuple[int, int] = SIZE, seed: int = 1) -> bytes:
+    """A PNG of 16 bits a sample, random ones, in one of PNG_COLOUR_TYPES' modes: Pillow reads
+    such PNGs but writes only grey at 16 bits."""
+    width, height = size
+    bands, colour_type = PNG_COLOUR_TYPES[mode]
+    rng = random.Random(seed)
+    rows = b"".join(b"\0" + rng.randbytes(width * bands * 2) for _ in range(height))  # filter 0: none
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
 def gif_declaring(width: int, height: int) -> bytes:
     """A tiny GIF whose logical screen and frame claim width x height pixels."""
     data = bytearray(encode(Image.new("P", (1, 1)), "GIF"))

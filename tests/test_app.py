@@ -11,7 +11,7 @@ from service import imaging
 from service.app import create_app
 from service.config import Settings
 from service.sample import load_sample
-from tests.pictures import animation, decode, encode, photo, picture, png_declaring
+from tests.pictures import animation, decode, encode, photo, picture, png_16_bits, png_declaring
 
 DOWN = Image.Transpose.FLIP_TOP_BOTTOM
 
@@ -156,6 +156,13 @@ def test_the_answer_says_how_a_jpeg_was_flipped(turbojpeg, client, query, size, 
 
 def test_other_formats_say_they_were_re_encoded(client, png):
     assert client.post("/flip", data=png, content_type="image/png").headers["X-Flipfleet-Flip"] == "re-encoded"
+
+
+def test_a_16_bit_picture_written_at_8_bits_says_so(client, png):
+    response = client.post("/flip", data=png_16_bits("RGB"), content_type="image/png")
+    assert response.status_code == 200
+    assert response.headers["X-Flipfleet-Dropped"] == "16_bit_depth"
+    assert "X-Flipfleet-Dropped" not in client.post("/flip", data=png, content_type="image/png").headers
 
 
 @pytest.mark.parametrize("value", ["no", "False", "1", ""])

@@ -25,6 +25,7 @@ from tests.pictures import (
     noise_png,
     photo,
     picture,
+    png_16_bits,
     png_declaring,
     psnr,
     strips_tiff,
@@ -406,8 +407,9 @@ def test_uncompressed_tiff_keeps_its_exif_directory():
     (False, False, ()), (True, False, ()), (True, True, ("exif",)),
 ])
 def test_16_bit_rgba_tiff_flips_as_pillow_reads_it(deflate, directory, dropped):
-    # 16 bits a sample, associated alpha ("RGBa;16"): Pillow reads it as 8-bit RGBA. Its own
-    # BitsPerSample, ExtraSamples... are not written back over the RGBA that is written.
+    # 16 bits a sample, associated alpha ("RGBa;16"): Pillow reads it as 8-bit RGBA, which says
+    # so. Its own BitsPerSample, ExtraSamples... are not written back over the RGBA that is written.
+    dropped = (*dropped, imaging.SIXTEEN_BIT_DEPTH)
     tags = {ExifTags.Base.Software: "Pixelmator 3.6", ExifTags.Base.InterColorProfile: SRGB}
     if directory:
         tags[ExifTags.IFD.Exif] = EXIF_DIRECTORY
@@ -421,6 +423,50 @@ def test_16_bit_rgba_tiff_flips_as_pillow_reads_it(deflate, directory, dropped):
     assert flipped.tag_v2[258] == (8, 8, 8, 8) and flipped.tag_v2[338] == (2,)  # the writer's own
     assert flipped.info["icc_profile"] == SRGB
     assert flipped.getexif()[ExifTags.Base.Software] == "Pixelmator 3.6"
+
+
+def _tiff_pages(*pages):
+    """One TIFF of the single-page TIFFs `pages`, in order (Pillow's own appender moves their offsets)."""
+    from PIL import TiffImagePlugin
+
+    out = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(out) as appender:
+        for page in pages:
+            appender.write(page)
+            appender.newFrame()
+    return out.getvalue()
+
+
+def _tiff_16_bits(mode):
+    bands = {"RGB": 3, "RGBA": 4}[mode]
+    pixels = random.Random(6).randbytes(SIZE[0] * SIZE[1] * bands * 2)
+    return _handmade_tiff(SIZE, (16,) * bands, 2, pixels, extra=(2,) if mode == "RGBA" else None)
+
+
+# 16 bits a sample that Pillow decodes to an 8-bit mode, which its writers write: the flip names
+# the depth lost. Its 16-bit grey (I;16) stays 16 bits, and 8 bits have nothing to lose.
+@pytest.mark.parametrize(("source", "narrowed", "bits"), [
+    (png_16_bits("RGB"), True, 8),
+    (png_16_bits("RGBA"), True, 8),
+    (png_16_bits("LA"), True, 8),
+    (_tiff_16_bits("RGB"), True, 8),
+    (_tiff_16_bits("RGBA"), True, 8),
+    (_tiff_pages(encode(picture("RGB"), "TIFF"), _tiff_16_bits("RGB")), True, 8),
+    (png_16_bits("L"), False, 16),
+    (encode(picture("I;16"), "TIFF"), False, 16),
+    (encode(picture("RGB"), "PNG"), False, 8),
+    (encode(picture("RGB"), "TIFF"), False, 8),
+], ids=["png-rgb-16", "png-rgba-16", "png-la-16", "tiff-rgb-16", "tiff-rgba-16", "tiff-second-page-rgb-16",
+        "png-i16", "tiff-i16", "png-rgb-8", "tiff-rgb-8"])
+def test_a_flip_that_writes_16_bits_a_sample_at_8_says_so(source, narrowed, bits):
+    result, flipped = _flips_exactly(source)
+
+    assert result.dropped == ((imaging.SIXTEEN_BIT_DEPTH,) if narrowed else ())
+    if result.format == "PNG":
+        assert result.data[24] == bits  # the IHDR's bit depth
+    else:
+        flipped.seek(result.frames - 1)
+        assert set(flipped.tag_v2[258]) == {bits}
 
 
 @pytest.mark.parametrize("second", ["F", "I;16", "L"])

@@ -14,6 +14,7 @@ import time
 import pytest
 import requests
 
+from service import imaging
 from tests import pillow_corpus as corpus
 
 # The slowest file measured flips in about 0.5 s (old-style-jpeg-compression.png, 4160x870),
@@ -28,13 +29,22 @@ KILL_AFTER_SECONDS = 30.0
 SLOW = {
     # "timeout-....tif": "decodes for 40 s: the flip deadline's to stop",
 }
-# The source's metadata that the writer refuses, file by file: anything more is metadata lost
-# that could be kept, or a bug of ours hidden as a drop.
+# The source's metadata that the writer refuses, and the 16 bits a sample that Pillow decodes to
+# 8, file by file: anything more is metadata lost that could be kept, or a bug of ours hidden as a
+# drop.
+DEPTH = imaging.SIXTEEN_BIT_DEPTH
 DROPPED = {
+    "apng/mode_16bit.png": (DEPTH,),
     "broken_exif_dpi.jpg": ("exif",),  # an XResolution stored as text: Pillow cannot write it again
     "invalid-exif-without-x-resolution.jpg": ("exif",),  # the same
-    "tiff_16bit_RGBa.tiff": ("exif",),  # an EXIF directory: Pillow's libtiff writer cannot write one
+    "tiff_16bit_RGB.tiff": (DEPTH,),
+    "tiff_16bit_RGBa.tiff": ("exif", DEPTH),  # an EXIF directory: Pillow's libtiff writer cannot write one
     "tiff_adobe_deflate.tif": ("exif",),  # the same
+    "tiff_strip_cmyk_16l_jpeg.tif": (DEPTH,),
+    "tiff_strip_planar_16bit_RGB.tiff": (DEPTH,),
+    "tiff_strip_planar_16bit_RGBa.tiff": (DEPTH,),
+    "tiff_tiled_planar_16bit_RGB.tiff": (DEPTH,),
+    "tiff_tiled_planar_16bit_RGBa.tiff": (DEPTH,),
 }
 
 
