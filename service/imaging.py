@@ -431,6 +431,9 @@ def _pillow_reading(im: Image.Image):
         raise NotAnImage(f"the {im.format} data is damaged: it claims more memory than its size needs") from exc
 
 
+# The sample precisions the JPEG standard has besides 8 (12 for DCT coding, 2 to 16 for lossless
+# coding): Pillow reads 8-bit JPEG only.
+JPEG_UNREAD_PRECISIONS = frozenset(range(2, 17)) - {8}
 # Enough of a file for Pillow's plugins to recognise its header. Given more, some read on: EPS's
 # scans a whole body line by line (25 MB: about 20 s) only to name a format that gets a 415.
 IDENTIFY_BYTES = 64 * 1024
@@ -457,6 +460,9 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image
     except Image.DecompressionBombError as exc:
         raise TooLarge(f"the picture has too many pixels: {exc}") from exc
     except UnidentifiedImageError:
+        bits = jpeg.precision(data)
+        if bits in JPEG_UNREAD_PRECISIONS:
+            raise UnsupportedFormat(f"{bits}-bit JPEG pictures are not supported; send an 8-bit JPEG") from None
         other = identify(data)
         if other is not None:
             raise UnsupportedFormat(

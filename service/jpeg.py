@@ -1,4 +1,5 @@
-"""A JPEG's markers, read without decoding anything: its header segments, and how many scans it has.
+"""A JPEG's markers, read without decoding anything: its header segments, its sample precision,
+and how many scans it has.
 
 A progressive JPEG may hold any number of scans, and a decoder walks every block of the picture
 for each: thousands of tiny scans make a small file cost minutes. Counting them is cheap.
@@ -9,10 +10,12 @@ from __future__ import annotations
 import re
 
 SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
-# Start of frame markers of Huffman-coded DCT pictures: baseline, extended, progressive.
-SOF_HUFFMAN = {0xC0, 0xC1, 0xC2}
 # Markers with no length after them: TEM and the restart markers.
 STANDALONE = {0x01, *range(0xD0, 0xD8)}
+# The start-of-frame markers: DHT, JPG and DAC share their range.
+START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Those of Huffman-coded DCT pictures: baseline, extended, progressive.
+SOF_HUFFMAN = frozenset({0xC0, 0xC1, 0xC2})
 # The end of a scan's entropy-coded data: a 0xFF that is not stuffing (0x00), a restart marker or fill.
 _AFTER_SCAN = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
 # The next marker after bytes where none belongs, found as libjpeg finds it: it skips them with a
@@ -27,6 +30,14 @@ def segments(data: bytes):
         yield marker, start, end
         if marker == SOS:
             return
+
+
+def precision(data: bytes) -> int | None:
+    """Bits a sample of the main picture, from its start of frame; None without one."""
+    for marker, start, end in segments(data):
+        if marker in START_OF_FRAME:
+            return data[start + 4] if start + 4 < min(end, len(data)) else None
+    return None
 
 
 def scans(data: bytes, stop_after: int) -> int:

@@ -44,7 +44,6 @@ OPERATIONS = {
     Image.Transpose.ROTATE_180: TJXOP_ROT180,
     Image.Transpose.ROTATE_270: TJXOP_ROT90,
 }
-SOF_ANY = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG and DAC share the range
 APP1, APP2 = 0xE1, 0xE2
 EXIF_HEADER = b"Exif\x00\x00"
 # The EXIF's width and height of the picture, in its Exif directory.
@@ -224,7 +223,7 @@ def without_orientation(data: bytes) -> bytes:
 
 
 def _start_of_frame(data: bytes) -> int | None:
-    return next((marker for marker, _, _ in jpeg.segments(data) if marker in SOF_ANY), None)
+    return next((marker for marker, _, _ in jpeg.segments(data) if marker in jpeg.START_OF_FRAME), None)
 
 
 def _coding(sof: int) -> str:

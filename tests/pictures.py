@@ -10,6 +10,8 @@ import zlib
 
 from PIL import Image, ImageChops, ImageStat
 
+from service import jpeg
+
 SIZE = (48, 32)
 
 
@@ -113,6 +115,14 @@ def png_16_bits(mode: str, size: tuple[int, int] = SIZE, seed: int = 1) -> bytes
 
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def jpeg_of_precision(bits: int) -> bytes:
+    """An 8-bit JPEG whose start of frame claims `bits` bits a sample, as a 12- or 16-bit one's does."""
+    data = bytearray(encode(photo((64, 48)), "JPEG"))
+    start = next(start for marker, start, _ in jpeg.segments(data) if marker in jpeg.START_OF_FRAME)
+    data[start + 4] = bits
+    return bytes(data)
 
 
 def gif_declaring(width: int, height: int) -> bytes:

@@ -11,7 +11,16 @@ from service import imaging
 from service.app import create_app
 from service.config import Settings
 from service.sample import load_sample
-from tests.pictures import animation, decode, encode, photo, picture, png_16_bits, png_declaring
+from tests.pictures import (
+    animation,
+    decode,
+    encode,
+    jpeg_of_precision,
+    photo,
+    picture,
+    png_16_bits,
+    png_declaring,
+)
 
 DOWN = Image.Transpose.FLIP_TOP_BOTTOM
 
@@ -193,6 +202,7 @@ def test_unknown_direction_is_400(client, png):
         ({"data": png_declaring(100_000, 100_000), "content_type": "image/png"}, 413, "pixels"),
         ({"data": animation("GIF", frames=11)[0], "content_type": "image/gif"}, 413, "frames"),
         ({"data": encode(picture("RGB"), "ICO"), "content_type": "image/x-icon"}, 415, "ICO"),
+        ({"data": jpeg_of_precision(12), "content_type": "image/jpeg"}, 415, "12-bit JPEG"),
         ({"data": b"<svg xmlns='http://www.w3.org/2000/svg'/>", "content_type": "image/svg+xml"}, 415, "svg"),
         ({"data": b"a=b", "content_type": "application/x-www-form-urlencoded"}, 415, "Content-Type"),
         ({"data": b"{}", "content_type": "application/json"}, 415, "Content-Type"),

@@ -21,6 +21,7 @@ from tests.pictures import (
     encode,
     gif_declaring,
     jpeg_declaring,
+    jpeg_of_precision,
     many_scans_jpeg,
     noise_png,
     photo,
@@ -189,6 +190,13 @@ def test_damaged_or_foreign_data_is_not_an_image(data):
 def test_other_real_formats_are_unsupported(fmt):
     with pytest.raises(imaging.UnsupportedFormat, match=fmt):
         imaging.flip(encode(picture("RGB"), fmt))
+
+
+@pytest.mark.parametrize("bits", [12, 16])
+def test_a_jpeg_of_more_than_8_bits_a_sample_is_unsupported(bits):
+    # Pillow reads 8-bit JPEG only: the picture is one the service recognises but cannot read.
+    with pytest.raises(imaging.UnsupportedFormat, match=f"{bits}-bit JPEG pictures are not supported"):
+        imaging.flip(jpeg_of_precision(bits))
 
 
 @pytest.mark.parametrize(

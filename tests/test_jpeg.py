@@ -46,6 +46,20 @@ def test_what_is_not_a_jpeg_has_no_scans(data):
     assert list(jpeg.segments(data)) == []
 
 
+@pytest.mark.parametrize("params", [{}, {"progressive": True}], ids=["baseline", "progressive"])
+def test_the_precision_is_read_from_the_start_of_frame(params):
+    data = bytearray(encode(photo((64, 48)), "JPEG", **params))
+    assert jpeg.precision(bytes(data)) == 8
+    (start,) = [start for marker, start, _ in jpeg.segments(data) if marker in jpeg.START_OF_FRAME]
+    data[start + 4] = 12
+    assert jpeg.precision(bytes(data)) == 12
+
+
+@pytest.mark.parametrize("data", [b"", b"not a jpeg", b"\xff\xd8", b"\xff\xd8\xff\xc0\x00\x02"])
+def test_what_has_no_start_of_frame_has_no_precision(data):
+    assert jpeg.precision(data) is None
+
+
 def test_segments_end_with_the_first_scan_header():
     data = encode(photo((64, 48)), "JPEG", progressive=True)
     found = list(jpeg.segments(data))
