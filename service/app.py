@@ -40,10 +40,22 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 STARTED = time.monotonic()
 
 
+class FlipApp(Flask):
+    """Flask, with OPTIONS answered without the empty HTML page Flask answers it with."""
+
+    def make_default_options_response(self) -> Response:
+        """OPTIONS on a route: 204 with Flask's Allow and no body, so no content type (every
+        answer of the service is JSON or a picture)."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """The flip service; `settings` default to the environment's (Settings.from_env)."""
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = FlipApp(__name__)
     app.config.from_mapping(MAX_CONTENT_LENGTH=settings.max_bytes, SETTINGS=settings)
     gate = app.extensions["flip_gate"] = FlipGate(settings.concurrency, settings.queue, settings.client_share)
     app.extensions["flipped_sample"] = {}

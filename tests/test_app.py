@@ -220,6 +220,21 @@ def test_json_404_and_405_with_allow(client):
     assert "POST" in response.headers["Allow"]
 
 
+@pytest.mark.parametrize(("path", "allowed"), [
+    ("/", {"GET", "HEAD", "OPTIONS"}),
+    ("/healthz", {"GET", "HEAD", "OPTIONS"}),
+    ("/flip", {"POST", "OPTIONS"}),
+    ("/metrics", {"GET", "HEAD", "OPTIONS"}),
+])
+def test_options_is_204_with_allow_and_no_html(client, path, allowed):
+    response = client.options(path)
+    assert response.status_code == 204
+    assert set(response.headers["Allow"].split(", ")) == allowed
+    assert "Content-Type" not in response.headers
+    assert response.data == b""
+    assert response.headers["X-Served-By"] == "test-replica"
+
+
 @pytest.mark.parametrize("error", [KeyError("qtables"), TypeError("bad argument"), RuntimeError("boom")])
 def test_a_bug_of_ours_is_a_logged_500_not_a_damaged_picture(app, client, caplog, monkeypatch, png, error):
     def broken(im, data):
