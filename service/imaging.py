@@ -472,7 +472,7 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image
     except PILLOW_DATA_ERRORS as exc:
         raise NotAnImage(f"the picture's header is damaged: {exc}") from exc
     memory_format = _memory_format(im.format, data)
-    _check_pixels(im, limits, memory_format)
+    _check_pixels(im.size, im.mode, limits, memory_format)
     least = _least_bytes(im.format, data)
     if len(data) < least:
         im.close()
@@ -506,15 +506,17 @@ def _memory_format(fmt: str, data: bytes) -> str:
     return LOSSLESS_WEBP if fmt == "WEBP" and _webp_is_lossless(data) else fmt
 
 
-def _check_pixels(im: Image.Image, limits: Limits, memory_format: str, turned: bool = False) -> float:
-    """Refuse from the header alone, before anything is decoded; else the pixels `im` counts for
-    against the limits (pixel_weight, and its rows: a quarter turn's copy has a row a column)."""
-    width, height = im.size
-    weight = pixel_weight(memory_format, im.mode)
+def _check_pixels(size: tuple[int, int], mode: str, limits: Limits, memory_format: str,
+                  turned: bool = False) -> float:
+    """Refuse from the header alone, before anything is decoded; else the pixels a picture of
+    `size` and `mode` counts for against the limits (pixel_weight, and its rows: a quarter turn's
+    copy has a row a column)."""
+    width, height = size
+    weight = pixel_weight(memory_format, mode)
     rows = (height + (width if turned else height)) / 2
     counted = width * height * weight + rows * ROW_BYTES / LIMITS_BYTES_PER_PIXEL
     if width * height * weight > limits.max_pixels:
-        alpha = " with alpha" if im.mode in ALPHA_MODES else ""
+        alpha = " with alpha" if mode in ALPHA_MODES else ""
         heavier = (f" for {memory_format} pictures{alpha}: flipping them takes {weight:g} times the memory a pixel"
                    if weight > 1 else "")
         raise TooLarge(
@@ -550,7 +552,8 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
             operation = _operation(frame, direction, spans)  # each page's directory has its own
         if index >= limits.max_frames:
             raise TooLarge(f"the animation has more than {limits.max_frames} frames")
-        total_pixels += _check_pixels(frame, limits, memory_format, turned=operation in QUARTER_TURNS)
+        total_pixels += _check_pixels(frame.size, frame.mode, limits, memory_format,
+                                      turned=operation in QUARTER_TURNS)
         if total_pixels > limits.max_total_pixels:
             raise TooLarge(
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"
