@@ -7,12 +7,12 @@ import contextlib
 import io
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pillow_heif
 from PIL import ExifTags, Image, ImageMode, ImageSequence, JpegImagePlugin, UnidentifiedImageError
 
-from service import jpeg, jpeg_lossless, tiff
+from service import gif, jpeg, jpeg_lossless, tiff
 
 # HEIC through pillow-heif (libheif, libde265 and x265 in its wheels); AVIF is Pillow's own
 # (libavif), before HEIF in MEDIA_TYPES so that it reads the AVIF files both would accept. Depth
@@ -192,7 +192,7 @@ class Limits:
     max_pixels: int
     max_frames: int
     # All frames of an animation together, kept flipped until they are written (~4 bytes a
-    # pixel): bounds the memory one request can take.
+    # pixel): bounds the memory one request can take. (A GIF's are flipped one image at a time.)
     max_total_pixels: int
     # A JPEG's scans: the decoder walks every block of the picture once for each.
     max_scans: int = 2**63
@@ -252,7 +252,8 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
 
     A JPEG is transposed in the DCT domain (service.jpeg_lossless, nothing decoded, nothing
     lost) unless `lossless` is False or that cannot be done; Flipped.path and Flipped.reason
-    say which. Either way the pixel and scan limits are checked from the header first.
+    say which. Either way the pixel and scan limits are checked from the header first. A GIF is
+    flipped image by image, each with its own palette and disposal (_flip_gif).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, not {direction!r}")
@@ -277,6 +278,8 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
                 if isinstance(flipped, Flipped):
                     return flipped
                 reason = flipped
+        if fmt == "GIF":
+            return _flip_gif(im, data, operation, limits, spans, deadline)
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data, turned=operation in QUARTER_TURNS)
         frames, durations, narrowed_frames = _flip_frames(im, operation, direction, limits, fmt, spans, deadline,
@@ -326,6 +329,75 @@ def _flip_jpeg_losslessly(data, size, operation, limits, spans, deadline) -> Fli
         raise TooCostly(_answer_too_large(limits.max_answer_bytes))
     width, height = size[::-1] if operation in QUARTER_TURNS else size
     return Flipped(written, "JPEG", width, height, 1, spans, path=LOSSLESS)
+
+
+def _flip_gif(im, data, operation, limits, spans, deadline) -> Flipped:
+    """The GIF with each image's rectangle of pixels flipped and moved to its mirrored place on
+    the screen (service.gif), its colour table, transparency, disposal and timing, and the file's
+    extensions, kept byte for byte: every frame a viewer composites is the source's, flipped.
+
+    Pillow's writer could not do that: it takes composited frames, quantises each to one palette
+    (a frame composited from several has more than 256 colours) and disposes of them its own way.
+    One image's pixels are held at a time, decoded and flipped; the frame and total pixel limits
+    count each frame's whole screen, as for the other animations, checked before any decoding."""
+    try:
+        source = gif.read(data)
+        width, height = source.screen
+        frames = 0
+        with spans.timing("decode"):
+            for block in source.blocks():
+                deadline.check()
+                if isinstance(block, gif.ImageBlock):
+                    frames += 1
+                    if frames > limits.max_frames:
+                        raise TooLarge(f"the animation has more than {limits.max_frames} frames")
+                    # Beyond the logical screen, an image widens it, as Pillow reads it: the flip is within it.
+                    width, height = max(width, block.left + block.width), max(height, block.top + block.height)
+        if not frames:
+            raise NotAnImage("the GIF has no image")
+        if max(width, height) > gif.LARGEST_SIDE:
+            raise TooLarge(f"the GIF's images reach {width}x{height}, beyond the largest screen a GIF can have "
+                           f"({gif.LARGEST_SIDE:,} a side)")
+        if _check_pixels((width, height), im.mode, limits, "GIF") * frames > limits.max_total_pixels:
+            raise TooLarge(f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels")
+        out = _TimedWriter(deadline, limits.max_answer_bytes)
+        out.write(source.header_for(width, height))
+        for block in source.blocks():
+            deadline.check()
+            # Extensions are written as they are; a plain text one's grid, which no viewer draws, is not moved.
+            out.write(_flip_gif_image(im, block, operation, (width, height), spans).block()
+                      if isinstance(block, gif.ImageBlock) else block)
+    except gif.Damaged as exc:
+        raise NotAnImage(f"the GIF data is damaged or truncated: {exc}") from exc
+    out.write(bytes([gif.TRAILER]))
+    return Flipped(out.getvalue(), "GIF", width, height, frames, spans)
+
+
+def _flip_gif_image(im, image: gif.ImageBlock, operation, screen, spans) -> gif.ImageBlock:
+    """The image with its pixels flipped, at its mirrored place on the screen; the colour indices
+    are decoded and encoded by Pillow, unchanged, and its colour table is kept."""
+    # Pillow reads no orientation from a GIF: the operation is one of the flips.
+    if operation == Image.Transpose.FLIP_LEFT_RIGHT:
+        moved = replace(image, left=screen[0] - image.left - image.width)
+    elif operation == Image.Transpose.FLIP_TOP_BOTTOM:
+        moved = replace(image, top=screen[1] - image.top - image.height)
+    else:
+        raise ValueError(f"a GIF is only flipped, not turned: {operation!r}")
+    if not image.width or not image.height:
+        return moved
+    with _pillow_reading(im), Image.open(io.BytesIO(image.alone()), formats=["GIF"]) as alone:
+        with spans.timing("decode"):
+            alone.load()
+        with spans.timing("flip"):
+            flipped = alone.transpose(operation)
+    flipped.info = {}  # the transparency and timing stay in the source's own extension
+    written = io.BytesIO()
+    with _pillow_writing(im), spans.timing("encode"):
+        flipped.save(written, "GIF", optimize=False, interlace=bool(image.flags & gif.INTERLACED))
+    (encoded,) = [block for block in gif.read(written.getvalue()).blocks() if isinstance(block, gif.ImageBlock)]
+    # Pillow does not interlace an image under 16 pixels wide or high.
+    flags = image.flags & ~gif.INTERLACED | encoded.flags & gif.INTERLACED
+    return replace(moved, flags=flags, pixels=encoded.pixels)
 
 
 def _answer_too_large(max_bytes: int) -> str:
@@ -783,12 +855,6 @@ def _png_params(im, data) -> dict:
     return params
 
 
-def _gif_params(im, data) -> dict:
-    # Frames arrive composited and carry their own palette and transparency; a file-wide
-    # transparency index passed here would be wrong for every frame but the first.
-    return {}
-
-
 def _webp_params(im, data) -> dict:
     if _webp_is_lossless(data):
         return {"lossless": True, "quality": WEBP_LOSSLESS_EFFORT, "exact": True}
@@ -824,7 +890,6 @@ def _avif_params(im, data) -> dict:
 _FORMAT_PARAMS = {
     "JPEG": _jpeg_params,
     "PNG": _png_params,
-    "GIF": _gif_params,
     "WEBP": _webp_params,
     "TIFF": _tiff_params,
     "BMP": lambda im, data: {},

@@ -143,6 +143,59 @@ def webp_padded(chunks: int) -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
+def moving_square_gif(disposal: int) -> bytes:
+    """An animated sticker: a 10x10 opaque square that moves over a transparent background, each
+    frame disposed of with `disposal` (2: cleared to the background, 3: restored to what was
+    before it), as Pillow writes it."""
+    frames = []
+    for index in range(3):
+        frame = Image.new("P", (40, 30), 0)
+        frame.putpalette([value % 256 for value in range(768)])
+        frame.paste(index + 1, (index * 5, 0, index * 5 + 10, 10))
+        frames.append(frame)
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=40, loop=0,
+                  transparency=0, disposal=disposal)
+
+
+def local_palettes_gif() -> bytes:
+    """Two frames of 64x32, each image with its own 256-colour table: a whole screen, then its
+    right half over it, so that the second frame shows more colours than one palette holds."""
+    rng = random.Random(9)
+    images = []
+    for size, step in (((64, 32), 1), ((32, 32), 7)):
+        image = Image.frombytes("L", size, bytes(i * step % 256 for i in range(size[0] * size[1]))).convert("P")
+        image.putpalette(rng.randbytes(768))
+        images.append(image)
+    return gif_of((64, 32), [(images[0], (0, 0), 500, 0, None), (images[1], (32, 0), 700, 0, None)])
+
+
+def gif_of(size: tuple[int, int], images: list, loop: int = 0) -> bytes:
+    """A GIF written by hand, which Pillow's writer cannot write: each image (mode P) at its own
+    place with its own colour table. `images`: (image, (left, top), duration in ms, disposal,
+    transparent index or None)."""
+    data = bytearray(b"GIF89a" + struct.pack("<HHBBB", *size, 0, 0, 0))
+    data += b"!\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", loop) + b"\x00"
+    for image, (left, top), duration, disposal, transparency in images:
+        control = disposal << 2 | (transparency is not None)
+        data += b"!\xf9\x04" + struct.pack("<BHBB", control, duration // 10, transparency or 0, 0)
+        palette = bytes(image.getpalette()).ljust(768, b"\x00")
+        data += b"," + struct.pack("<HHHHB", left, top, *image.size, 0x87) + palette + _lzw(image.tobytes())
+    return bytes(data + b";")
+
+
+def _lzw(indices: bytes) -> bytes:
+    """8-bit colour indices as GIF's LZW data, uncompressed: a clear code every 250 indices keeps
+    the codes 9 bits long."""
+    codes = []
+    for start in range(0, len(indices), 250):
+        codes += [256, *indices[start : start + 250]]
+    codes.append(257)  # end of information
+    packed = sum(code << 9 * index for index, code in enumerate(codes))
+    raw = packed.to_bytes((9 * len(codes) + 7) // 8, "little")
+    sub_blocks = b"".join(bytes([len(raw[i : i + 255])]) + raw[i : i + 255] for i in range(0, len(raw), 255))
+    return b"\x08" + sub_blocks + b"\x00"  # the minimum code size, the sub-blocks, their terminator
+
+
 def noise(size: tuple[int, int], seed: int = 1) -> Image.Image:
     """Random RGB pixels: what compresses worst, so the heaviest picture of its size."""
     width, height = size

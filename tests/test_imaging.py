@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from PIL import ExifTags, Image, ImageChops, ImageCms, ImageOps, JpegImagePlugin
+from PIL import ExifTags, Image, ImageChops, ImageCms, ImageOps, ImageSequence, JpegImagePlugin
 
 from loadtest.memory import glibc_environment
 from service import imaging, jpeg_lossless
@@ -20,9 +20,12 @@ from tests.pictures import (
     decode,
     encode,
     gif_declaring,
+    gif_of,
     jpeg_declaring,
     jpeg_of_precision,
+    local_palettes_gif,
     many_scans_jpeg,
+    moving_square_gif,
     noise_png,
     photo,
     picture,
@@ -145,6 +148,47 @@ def test_animation_flips_every_frame_and_keeps_timing(fmt, params):
         flipped.load()
         assert flipped.info["duration"] == duration
         assert flipped.convert("RGBA").tobytes() == original.convert("RGBA").transpose(DOWN).tobytes()
+
+
+GIFS = {
+    # A sticker: a square moving over a transparent background, each frame cleared (2) or
+    # restored (3) before the next.
+    "disposal-2": moving_square_gif(2),
+    "disposal-3": moving_square_gif(3),
+    # The second frame shows more colours than one palette holds, from two images' own tables.
+    "local-palettes": local_palettes_gif(),
+    # An image reaching past the logical screen's right edge: Pillow widens the screen to it.
+    "beyond-the-screen": gif_of((48, 32), [(picture("P", (32, 32)), (32, 0), 100, 0, None)]),
+}
+
+
+def _viewed(data: bytes) -> tuple[list, list, int | None]:
+    """Every frame as a viewer shows it (composited, RGBA), each frame's duration, and the loop count."""
+    with Image.open(io.BytesIO(data)) as im:
+        frames = [frame.convert("RGBA") for frame in ImageSequence.Iterator(im)]
+        return frames, [frame.info.get("duration") for frame in frames], im.info.get("loop")
+
+
+def test_the_animated_gifs_show_what_the_tests_need():
+    opaque = [[sum(1 for pixel in frame.get_flattened_data() if pixel[3]) for frame in _viewed(GIFS[name])[0]]
+              for name in ("disposal-2", "disposal-3")]
+    assert opaque == [[100, 100, 100]] * 2
+    assert [len(frame.getcolors(4096)) for frame in _viewed(GIFS["local-palettes"])[0]] == [256, 384]
+
+
+@pytest.mark.parametrize("name", GIFS)
+@pytest.mark.parametrize(("direction", "method"), [("vertical", DOWN), ("horizontal", ACROSS)])
+def test_every_gif_frame_is_flipped_exactly_as_a_viewer_shows_it(name, direction, method):
+    frames, durations, loop = _viewed(GIFS[name])
+
+    result = imaging.flip(GIFS[name], direction)
+    flipped, flipped_durations, flipped_loop = _viewed(result.data)
+    twice = _viewed(imaging.flip(result.data, direction).data)[0]
+
+    assert result.frames == len(flipped) == len(frames)
+    assert [frame.tobytes() for frame in flipped] == [frame.transpose(method).tobytes() for frame in frames]
+    assert [frame.tobytes() for frame in twice] == [frame.tobytes() for frame in frames]
+    assert (flipped_durations, flipped_loop) == (durations, loop)
 
 
 def test_lossy_webp_stays_lossy_and_close():
