@@ -278,8 +278,8 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
                 if isinstance(flipped, Flipped):
                     return flipped
                 reason = flipped
-        if fmt == "GIF":
-            return _flip_gif(im, data, operation, limits, spans, deadline)
+        if fmt == "GIF":  # no orientation: Pillow reads neither EXIF nor XMP from a GIF
+            return _flip_gif(im, data, DIRECTIONS[direction], limits, spans, deadline)
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data, turned=operation in QUARTER_TURNS)
         frames, durations, narrowed_frames = _flip_frames(im, operation, direction, limits, fmt, spans, deadline,
