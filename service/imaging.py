@@ -117,10 +117,11 @@ SOURCE_METADATA = {
     "icc_profile": "icc_profile",
     "transparency": "transparency",
 }
-# Flipped.dropped's name for a picture of 16 bits a sample written at 8. Pillow decodes PNG's RGB,
-# RGBA and grey with alpha, and TIFF's RGB, RGBA and CMYK, of 16 bits to its 8-bit modes, and the
-# writers write what was decoded; 16-bit grey (mode I;16) is decoded and written at 16.
-SIXTEEN_BIT_DEPTH = "16_bit_depth"
+# Flipped.dropped's name for a picture of more than 8 bits a sample written at 8. Pillow decodes
+# PNG's RGB, RGBA and grey with alpha, and TIFF's RGB, RGBA and CMYK, of 16 bits to its 8-bit modes,
+# pillow-heif a HEIC of 10 or 12, and the writers write what was decoded; 16-bit grey (mode I;16)
+# is decoded and written at 16.
+HIGH_BIT_DEPTH = "bit_depth"
 TIFF_BITS_PER_SAMPLE = 258
 # The tags of a TIFF's first directory (what Pillow's getexif() gives for a TIFF) that describe
 # how the source stored its pixels, not what the picture shows: the writer chooses its own.
@@ -229,7 +230,7 @@ class Flipped:
     frames: int
     spans: Spans = field(default_factory=Spans)
     # The source's metadata left out because the writer refused it (SOURCE_METADATA's names),
-    # then SIXTEEN_BIT_DEPTH when its 16 bits a sample were written at 8.
+    # then HIGH_BIT_DEPTH when its samples of more than 8 bits were written at 8.
     dropped: tuple[str, ...] = ()
     path: str = RE_ENCODED  # LOSSLESS or RE_ENCODED
     # Why a JPEG was re-encoded rather than flipped losslessly ("not aligned", "asked"...); empty
@@ -291,7 +292,7 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
     finally:
         im.close()
     if narrowed or narrowed_frames:
-        dropped = (*dropped, SIXTEEN_BIT_DEPTH)
+        dropped = (*dropped, HIGH_BIT_DEPTH)
     first = frames[0]
     return Flipped(written, fmt, first.width, first.height, len(frames), spans, dropped, RE_ENCODED, reason)
 
@@ -613,7 +614,7 @@ def pixel_weight(memory_format: str, mode: str) -> float:
 def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_format):
     """Every frame transposed by `operation` (None: copied as it is), but a TIFF's later pages, each
     by its own orientation and the flip in `direction`; and whether any of them was decoded from
-    16 bits a sample to 8 (_narrowed_to_8_bits)."""
+    more than 8 bits a sample to 8 (_narrowed_to_8_bits)."""
     frames, durations = [], []
     total_pixels = 0
     narrowed = False
@@ -644,9 +645,11 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
 
 
 def _narrowed_to_8_bits(frame: Image.Image) -> bool:
-    """Whether the frame `frame` is at has 16 bits a sample that Pillow decodes to an 8-bit mode,
-    from its header: a PNG's rawmode ("RGB;16B"; its tile is emptied once the frame is decoded),
-    a TIFF page's BitsPerSample."""
+    """Whether the frame `frame` is at has more than 8 bits a sample that are decoded to an 8-bit
+    mode, from its header: a PNG's rawmode ("RGB;16B"; its tile is emptied once the frame is
+    decoded), a TIFF page's BitsPerSample, a HEIC's bit depth."""
+    if frame.format == "HEIF":
+        return frame.info.get("bit_depth", 8) > 8
     if frame.format == "PNG":
         sixteen_bits = any(";16" in tile.args for tile in frame.tile)
     elif frame.format == "TIFF":
@@ -851,7 +854,10 @@ def _jpeg_params(im, data) -> dict:
 def _png_params(im, data) -> dict:
     params = {}
     if "transparency" in im.info:
-        params["transparency"] = im.info["transparency"]
+        key = im.info["transparency"]
+        if data[24:25] == b"\x10" and isinstance(key, tuple):  # a 16-bit colour key, for 8-bit colours
+            key = tuple(value >> 8 for value in key)
+        params["transparency"] = key
     return params
 
 

@@ -170,7 +170,7 @@ def test_other_formats_say_they_were_re_encoded(client, png):
 def test_a_16_bit_picture_written_at_8_bits_says_so(client, png):
     response = client.post("/flip", data=png_16_bits("RGB"), content_type="image/png")
     assert response.status_code == 200
-    assert response.headers["X-Flipfleet-Dropped"] == "16_bit_depth"
+    assert response.headers["X-Flipfleet-Dropped"] == "bit_depth"
     assert "X-Flipfleet-Dropped" not in client.post("/flip", data=png, content_type="image/png").headers
 
 

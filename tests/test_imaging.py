@@ -461,7 +461,7 @@ def test_uncompressed_tiff_keeps_its_exif_directory():
 def test_16_bit_rgba_tiff_flips_as_pillow_reads_it(deflate, directory, dropped):
     # 16 bits a sample, associated alpha ("RGBa;16"): Pillow reads it as 8-bit RGBA, which says
     # so. Its own BitsPerSample, ExtraSamples... are not written back over the RGBA that is written.
-    dropped = (*dropped, imaging.SIXTEEN_BIT_DEPTH)
+    dropped = (*dropped, imaging.HIGH_BIT_DEPTH)
     tags = {ExifTags.Base.Software: "Pixelmator 3.6", ExifTags.Base.InterColorProfile: SRGB}
     if directory:
         tags[ExifTags.IFD.Exif] = EXIF_DIRECTORY
@@ -513,12 +513,37 @@ def _tiff_16_bits(mode):
 def test_a_flip_that_writes_16_bits_a_sample_at_8_says_so(source, narrowed, bits):
     result, flipped = _flips_exactly(source)
 
-    assert result.dropped == ((imaging.SIXTEEN_BIT_DEPTH,) if narrowed else ())
+    assert result.dropped == ((imaging.HIGH_BIT_DEPTH,) if narrowed else ())
     if result.format == "PNG":
         assert result.data[24] == bits  # the IHDR's bit depth
     else:
         flipped.seek(result.frames - 1)
         assert set(flipped.tag_v2[258]) == {bits}
+
+
+@pytest.mark.parametrize("bits", [10, 12])
+def test_a_heic_of_more_than_8_bits_a_sample_written_at_8_says_so(monkeypatch, bits):
+    import pillow_heif
+
+    monkeypatch.setattr(pillow_heif.options, "SAVE_HDR_TO_12_BIT", bits == 12)
+    deep = pillow_heif.from_bytes(mode="RGB;16", size=SIZE, data=random.Random(7).randbytes(SIZE[0] * SIZE[1] * 6))
+    out = io.BytesIO()
+    deep.save(out, format="HEIF", quality=90)
+    assert decode(out.getvalue()).info["bit_depth"] == bits
+    result = imaging.flip(out.getvalue())
+    assert (result.dropped, decode(result.data).info["bit_depth"]) == ((imaging.HIGH_BIT_DEPTH,), 8)
+    assert imaging.flip(_phone_picture("HEIF", photo(SIZE))).dropped == ()
+
+
+def test_a_16_bit_colour_key_is_written_for_the_8_bit_colours():
+    # tRNS holds a 16-bit colour: kept as it is over 8-bit colours, 300 would be no colour at all.
+    source = png_16_bits("RGB")
+    header_end = 8 + 25  # the signature, then IHDR's length, type, 13 bytes and CRC
+    key = struct.pack(">HHH", 300, 400, 50_000)
+    trns = struct.pack(">I", 6) + b"tRNS" + key + struct.pack(">I", zlib.crc32(b"tRNS" + key))
+    result = imaging.flip(source[:header_end] + trns + source[header_end:])
+    assert decode(result.data).info["transparency"] == (1, 1, 195)
+    assert result.dropped == (imaging.HIGH_BIT_DEPTH,)
 
 
 @pytest.mark.parametrize("second", ["F", "I;16", "L"])

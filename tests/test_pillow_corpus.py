@@ -32,7 +32,7 @@ SLOW = {
 # The source's metadata that the writer refuses, and the 16 bits a sample that Pillow decodes to
 # 8, file by file: anything more is metadata lost that could be kept, or a bug of ours hidden as a
 # drop.
-DEPTH = imaging.SIXTEEN_BIT_DEPTH
+DEPTH = imaging.HIGH_BIT_DEPTH
 DROPPED = {
     "apng/mode_16bit.png": (DEPTH,),
     "broken_exif_dpi.jpg": ("exif",),  # an XResolution stored as text: Pillow cannot write it again
