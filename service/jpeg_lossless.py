@@ -244,10 +244,12 @@ def _edit_header(data: bytes, transformed: bool, turned: bool) -> bytes:
             replacement = b""  # its offsets point at pictures that are not in the output
         elif marker == APP1 and body.startswith(EXIF_HEADER):
             edited = _exif_with_dimensions_swapped(body) if turned else body
-            # Rewritten without its orientation, the EXIF has no thumbnail (Pillow writes none).
+            edited = _exif_without_orientation(edited)
+            if transformed:
+                edited = _exif_without_thumbnail(edited)
+            # An orientation the in-place edits could not reach: Pillow rewrites the EXIF without
+            # it (and without the thumbnail, as Pillow writes none).
             replacement = _exif_segment_without_orientation(edited)
-            if replacement is None and transformed:
-                replacement = _exif_segment_without_thumbnail(edited)
             if replacement is None and edited != body:
                 replacement = _app1_segment(edited)
         elif marker == APP1 and body.startswith(XMP_HEADER):
@@ -325,9 +327,39 @@ def _app1_segment(body: bytes) -> bytes:
     return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
 
 
-def _exif_segment_without_thumbnail(body: bytes) -> bytes | None:
-    """The APP1 segment for `body` with its thumbnail's directory (IFD1) unlinked, the rest byte for
-    byte as it was; None when it has none. (Unflipped, the thumbnail would show the wrong picture.)"""
+def _exif_without_thumbnail(body: bytes) -> bytes:
+    """The EXIF `body` with its thumbnail's directory (IFD1) unlinked, the rest byte for byte as it
+    was. (Unflipped, the thumbnail would show the wrong picture.)"""
+    found = _first_directory(body)
+    if found is None:
+        return body
+    order, first, link = found
+    if not int.from_bytes(body[link : link + 4], order):
+        return body
+    return body[:link] + b"\0\0\0\0" + body[link + 4 :]
+
+
+def _exif_without_orientation(body: bytes) -> bytes:
+    """The EXIF `body` with the orientation entry taken out of its first directory in place: the
+    entries after it and the link to the next directory move up 12 bytes, and 12 zero bytes follow,
+    so that every offset in it, a maker note's included, stays true. Unchanged without one."""
+    found = _first_directory(body)
+    if found is None:
+        return body
+    order, first, link = found
+    tiff = len(EXIF_HEADER)
+    entry = _ifd_entries(body[tiff:], first - tiff, order).get(ExifTags.Base.Orientation)
+    if entry is None:
+        return body
+    entry += tiff
+    count = int.from_bytes(body[first : first + 2], order)
+    return (body[:first] + (count - 1).to_bytes(2, order) + body[first + 2 : entry]
+            + body[entry + 12 : link + 4] + bytes(12) + body[link + 4 :])
+
+
+def _first_directory(body: bytes) -> tuple[str, int, int] | None:
+    """The EXIF's byte order, and where in `body` its first directory (IFD0) starts and its link to
+    the next one is; None when that directory is not held whole."""
     tiff = body[len(EXIF_HEADER) :]
     order = _byte_order(tiff)
     if order is None:
@@ -335,11 +367,10 @@ def _exif_segment_without_thumbnail(body: bytes) -> bytes | None:
     first = int.from_bytes(tiff[4:8], order)
     if first + 2 > len(tiff):
         return None
-    link = first + 2 + 12 * int.from_bytes(tiff[first : first + 2], order)  # after IFD0's entries
-    if link + 4 > len(tiff) or not int.from_bytes(tiff[link : link + 4], order):
+    link = first + 2 + 12 * int.from_bytes(tiff[first : first + 2], order)  # after its entries
+    if link + 4 > len(tiff):
         return None
-    at = len(EXIF_HEADER) + link
-    return _app1_segment(body[:at] + b"\0\0\0\0" + body[at + 4 :])
+    return order, len(EXIF_HEADER) + first, len(EXIF_HEADER) + link
 
 
 def xmp_without_orientation(xmp: bytes) -> bytes:

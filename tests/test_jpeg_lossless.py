@@ -288,12 +288,42 @@ def test_a_quarter_turn_swaps_the_exif_width_and_height_and_keeps_the_rest(order
 
 
 def test_a_quarter_turn_with_an_orientation_tag_swaps_the_exif_width_and_height():
-    # Rewritten by Pillow without its orientation: the swapped values are what it writes.
     tags = exif(Orientation=6, Make="Acme")
     tags.get_ifd(ExifTags.IFD.Exif).update({WIDTH: SIZE[0], HEIGHT: SIZE[1]})
     result = decode(transform(jpeg("4:2:0", exif=tags.tobytes()), T.ROTATE_270))
     directory = result.getexif().get_ifd(ExifTags.IFD.Exif)
     assert (directory[WIDTH], directory[HEIGHT]) == result.size == SIZE[::-1]
+
+
+@pytest.mark.parametrize("operation", [DOWN, T.ROTATE_270], ids=["flip", "quarter turn"])
+def test_the_orientation_is_taken_out_in_place_and_every_other_byte_of_the_exif_stays(operation):
+    # A maker note holds offsets into the EXIF that no tool rewrites: the EXIF must not move.
+    maker_note = b"Acme\0\x01" + bytes(range(200))
+    tags = exif(Orientation=6, Make="Acme", Model="Roadrunner", Software="flipfleet")
+    tags.get_ifd(ExifTags.IFD.Exif).update({0x927C: maker_note, WIDTH: SIZE[0], HEIGHT: SIZE[1]})
+    source = jpeg("4:2:0", exif=tags.tobytes())
+    before, after = exif_segment(source), exif_segment(transform(source, operation))
+
+    assert len(after) == len(before)
+    kept = decode(transform(source, operation)).getexif()
+    assert {tag: kept[tag] for tag in kept if tag != ExifTags.IFD.Exif} == {
+        tag: value for tag, value in tags.items() if tag != ExifTags.Base.Orientation}
+    directory = kept.get_ifd(ExifTags.IFD.Exif)
+    assert directory[0x927C] == maker_note
+    turned = operation == T.ROTATE_270
+    assert (directory[WIDTH], directory[HEIGHT]) == (SIZE[::-1] if turned else SIZE)
+    # IFD0 (at 8, after the 4+6-byte segment header and the TIFF header) is all that moved.
+    ifd0 = 4 + 6 + 8
+    order = {b"II": "little", b"MM": "big"}[before[10:12]]
+    entries = int.from_bytes(before[ifd0 : ifd0 + 2], order)
+    assert int.from_bytes(after[ifd0 : ifd0 + 2], order) == entries - 1
+    ifd0_end = ifd0 + 2 + 12 * entries + 4
+    unchanged = slice(ifd0_end, None)
+    if turned:  # the Exif directory's width and height entries change places' values
+        assert after[unchanged] != before[unchanged]
+    else:
+        assert after[unchanged] == before[unchanged]
+    assert after[ifd0_end - 12 : ifd0_end] == bytes(12)
 
 
 def test_without_orientation():
