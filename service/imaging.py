@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import pillow_heif
-from PIL import ExifTags, Image, ImageMode, ImageSequence, JpegImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageMode, ImageSequence, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from service import gif, jpeg, jpeg_lossless, tiff
 
@@ -87,6 +87,11 @@ PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False)
                         ("WEBP", False): 24, ("WEBP", True): 52, (LOSSLESS_WEBP, False): 46, (LOSSLESS_WEBP, True): 54}
 ALPHA_MODES = frozenset({"RGBA", "LA", "RGBa", "La", "PA"})
 AVIF_SPEED = 8
+# A PNG's chunks that a flip keeps as they are: colour space (Pillow's writer leaves out sRGB beside
+# an ICC profile) and text. Text keywords under which ImageMagick keeps an EXIF, and the XMP's.
+PNG_KEPT_CHUNKS = frozenset({b"cHRM", b"cICP", b"gAMA", b"sRGB", b"sBIT", b"tEXt", b"zTXt", b"iTXt"})
+PNG_EXIF_KEYWORDS = frozenset({b"Raw profile type exif", b"Raw profile type APP1"})
+PNG_XMP_KEYWORD = b"XML:com.adobe.xmp"
 # Deflate's best: 258 bytes from one match, whose length and distance codes take a bit each.
 DEFLATE_MOST_RATIO = 1032
 # Samples a pixel by PNG colour type: grey, RGB, palette, grey and alpha, RGBA.
@@ -852,13 +857,45 @@ def _jpeg_params(im, data) -> dict:
 
 
 def _png_params(im, data) -> dict:
-    params = {}
+    sixteen_bits = data[24:25] == b"\x10"
+    params = {"pnginfo": _png_chunks_kept(data, sixteen_bits)}
     if "transparency" in im.info:
         key = im.info["transparency"]
-        if data[24:25] == b"\x10" and isinstance(key, tuple):  # a 16-bit colour key, for 8-bit colours
+        if sixteen_bits and isinstance(key, tuple):  # a 16-bit colour key, for 8-bit colours
             key = tuple(value >> 8 for value in key)
         params["transparency"] = key
     return params
+
+
+def _png_chunks_kept(data: bytes, sixteen_bits: bool) -> PngImagePlugin.PngInfo:
+    """The source's colour space and text chunks, before its pixels, as they are (Pillow's writer
+    writes them when given, but its reader keeps only their values): the XMP without its
+    orientation, which the flip applies, and not the EXIF that ImageMagick keeps in a text chunk
+    (the EXIF is written back on its own). Its significant bits, for 16 bits, would be over 8."""
+    kept = PngImagePlugin.PngInfo()
+    for kind, body in _png_chunks_before_pixels(data):
+        if kind == b"sBIT" and sixteen_bits or kind not in PNG_KEPT_CHUNKS:
+            continue
+        keyword = body.split(b"\0", 1)[0]
+        if keyword in PNG_EXIF_KEYWORDS:
+            continue
+        if kind == b"iTXt" and keyword == PNG_XMP_KEYWORD:
+            if body[len(keyword) + 1 : len(keyword) + 2] != b"\0":  # compressed (or damaged): no edit in place
+                continue
+            body = jpeg_lossless.xmp_without_orientation(body)
+        kept.add(kind, body)
+    return kept
+
+
+def _png_chunks_before_pixels(data: bytes):
+    """(type, data) of each chunk of the PNG before its first IDAT, where these chunks must be."""
+    at = 8  # past the signature
+    while at + 8 <= len(data):
+        length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        if kind == b"IDAT":
+            return
+        yield kind, data[at + 8 : at + 8 + length]
+        at += 12 + length
 
 
 def _webp_params(im, data) -> dict:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from PIL import ExifTags, Image, ImageChops, ImageCms, ImageOps, ImageSequence, JpegImagePlugin
+from PIL import ExifTags, Image, ImageChops, ImageCms, ImageOps, ImageSequence, JpegImagePlugin, PngImagePlugin
 
 from loadtest.memory import glibc_environment
 from service import imaging, jpeg_lossless
@@ -666,6 +666,67 @@ def test_a_tiff_orientation_in_its_xmp_is_applied_once(exif_too):
     assert sizes == [(30, 40)] * 3
     kept = decode(data).tag_v2[700]
     assert b"rdf:Description" in kept and b"tiff:Orientation" not in kept
+
+
+ORIENTED_XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6" dc:title="x"/>'
+                '</rdf:RDF></x:xmpmeta>')
+
+
+def _png_with_chunks(*chunks: tuple[bytes, bytes], **text: tuple) -> bytes:
+    """A 40x30 PNG with these raw ancillary chunks, and text chunks: keyword -> PngInfo method, arguments."""
+    info = PngImagePlugin.PngInfo()
+    for kind, body in chunks:
+        info.add(kind, body)
+    for keyword, (method, *arguments) in text.items():
+        getattr(info, method)(keyword, *arguments)
+    return encode(_cornered((40, 30)), "PNG", pnginfo=info)
+
+
+def _chunks(data: bytes) -> dict[bytes, list[bytes]]:
+    found, at = {}, 8
+    while at + 8 <= len(data):
+        length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        found.setdefault(kind, []).append(data[at + 8 : at + 8 + length])
+        at += 12 + length
+    return found
+
+
+@pytest.mark.parametrize("kind", [b"gAMA", b"cHRM", b"sRGB", b"sBIT"])
+def test_a_pngs_colour_space_chunks_are_kept_as_they_are(kind):
+    # Without an ICC profile, gAMA and cHRM alone say what the colours mean: dropped, they shift.
+    body = {b"gAMA": struct.pack(">I", 100_000), b"cHRM": struct.pack(">8I", *range(31_270, 39_270, 1_000)),
+            b"sRGB": b"\x01", b"sBIT": b"\x05\x06\x05"}[kind]
+    result = imaging.flip(_png_with_chunks((kind, body)))
+    assert _chunks(result.data)[kind] == [body]
+
+
+def test_a_pngs_text_is_kept_and_its_xmp_loses_only_its_orientation():
+    source = _png_with_chunks(Title=("add_text", "flip"), Comment=("add_text", "long " * 100, True),
+                              Author=("add_itxt", "Zoë", "fr", "Auteur"),
+                              **{"XML:com.adobe.xmp": ("add_itxt", ORIENTED_XMP)})
+    result = imaging.flip(source)
+    flipped = decode(result.data)
+    assert (result.width, result.height) == (30, 40)  # turned by the XMP's orientation, once
+    assert {key: flipped.text[key] for key in ("Title", "Comment", "Author")} == {
+        "Title": "flip", "Comment": "long " * 100, "Author": "Zoë"}
+    assert flipped.text["XML:com.adobe.xmp"] == ORIENTED_XMP.replace('tiff:Orientation="6"', "")
+    assert imaging.flip(result.data).height == 40  # and not turned again
+
+
+@pytest.mark.parametrize(("kind", "body"), [
+    (b"sBIT", b"\x0c\x0c\x0c"),  # 12 significant bits of the 16: more than the 8 written
+    (b"tIME", struct.pack(">HBBBBB", 2024, 1, 2, 3, 4, 5)),  # the flip is a change
+    (b"tEXt", b"Raw profile type exif\0exif\n  10\n457869660000"),  # the EXIF, written on its own
+], ids=["16-bit sBIT", "tIME", "ImageMagick EXIF"])
+def test_png_chunks_that_would_be_wrong_are_not_kept(kind, body):
+    source = png_16_bits("RGB") if kind == b"sBIT" else _png_with_chunks()
+    source = source[:33] + _chunk(kind, body) + source[33:]  # after the IHDR
+    assert kind not in _chunks(imaging.flip(source).data)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def _cornered(size: tuple[int, int]) -> Image.Image:
