@@ -48,9 +48,9 @@ class ImageBlock:
                 + self.colour_table + self.pixels)
 
     def alone(self) -> bytes:
-        """A GIF of this image alone, on a screen its size, without colour table: decoded, the
-        image's colour indices (Pillow reads it in mode L), and where its LZW data ends short,
-        its transparent index, as when it is drawn."""
+        """A GIF of this image alone, on a screen its size, with its transparent index but no
+        colour table: decoded, the image's colour indices (Pillow reads it in mode L; LZW data
+        that ends short of the image's pixels is refused as truncated)."""
         control = b"" if self.transparency is None else b"!\xf9\x04\x01\x00\x00" + bytes([self.transparency, 0])
         return (b"GIF89a" + struct.pack("<HHBBB", self.width, self.height, 0, 0, 0) + control
                 + b"," + struct.pack("<HHHHB", 0, 0, self.width, self.height, self.flags & INTERLACED)

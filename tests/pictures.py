@@ -196,6 +196,12 @@ def _lzw(indices: bytes) -> bytes:
     return b"\x08" + sub_blocks + b"\x00"  # the minimum code size, the sub-blocks, their terminator
 
 
+def gif_padded(extensions: int) -> bytes:
+    """A 16x16 GIF followed by `extensions` empty comment extensions (allowed, and skipped)."""
+    data = encode(picture("P", (16, 16)), "GIF")
+    return data[:-1] + b"!\xfe\x00" * extensions + data[-1:]  # before the trailer
+
+
 def noise(size: tuple[int, int], seed: int = 1) -> Image.Image:
     """Random RGB pixels: what compresses worst, so the heaviest picture of its size."""
     width, height = size

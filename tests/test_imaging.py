@@ -21,6 +21,7 @@ from tests.pictures import (
     encode,
     gif_declaring,
     gif_of,
+    gif_padded,
     jpeg_declaring,
     jpeg_of_precision,
     local_palettes_gif,
@@ -283,6 +284,15 @@ def test_a_webp_of_more_chunks_than_any_picture_has_is_refused_before_its_pixels
         imaging.flip(webp_padded(imaging.WEBP_MOST_CHUNKS + 1))
     flipped = imaging.flip(webp_padded(imaging.WEBP_MOST_CHUNKS - 10))
     assert decode(flipped.data).tobytes() == picture("RGB", (16, 16)).transpose(DOWN).tobytes()
+
+
+def test_a_gif_of_more_blocks_than_any_animation_has_is_refused_before_its_pixels():
+    # Each empty extension is 3 bytes: 25 MB of them would cost the whole deadline to walk.
+    with pytest.raises(imaging.TooCostly, match="blocks"):
+        imaging.flip(gif_padded(imaging.GIF_MOST_BLOCKS))
+    flipped = imaging.flip(gif_padded(imaging.GIF_MOST_BLOCKS - 10))
+    assert decode(flipped.data).convert("RGB").tobytes() == picture("P", (16, 16)).convert("RGB").transpose(
+        DOWN).tobytes()
 
 
 def test_frame_limit():
