@@ -196,6 +196,13 @@ def _lzw(indices: bytes) -> bytes:
     return b"\x08" + sub_blocks + b"\x00"  # the minimum code size, the sub-blocks, their terminator
 
 
+def png_padded(chunks: int) -> bytes:
+    """A 16x16 PNG with `chunks` empty private chunks after its header (allowed, and skipped)."""
+    data = encode(picture("RGB", (16, 16)), "PNG")
+    empty = struct.pack(">I", 0) + b"flPz" + struct.pack(">I", zlib.crc32(b"flPz"))
+    return data[:33] + empty * chunks + data[33:]  # the signature and IHDR are 33 bytes
+
+
 def gif_padded(extensions: int) -> bytes:
     """A 16x16 GIF followed by `extensions` empty comment extensions (allowed, and skipped)."""
     data = encode(picture("P", (16, 16)), "GIF")

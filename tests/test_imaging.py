@@ -32,6 +32,7 @@ from tests.pictures import (
     picture,
     png_16_bits,
     png_declaring,
+    png_padded,
     psnr,
     strips_tiff,
     webp_padded,
@@ -283,6 +284,14 @@ def test_a_webp_of_more_chunks_than_any_picture_has_is_refused_before_its_pixels
     with pytest.raises(imaging.TooCostly, match="chunks"):
         imaging.flip(webp_padded(imaging.WEBP_MOST_CHUNKS + 1))
     flipped = imaging.flip(webp_padded(imaging.WEBP_MOST_CHUNKS - 10))
+    assert decode(flipped.data).tobytes() == picture("RGB", (16, 16)).transpose(DOWN).tobytes()
+
+
+def test_a_png_of_more_chunks_than_any_picture_has_is_refused_before_pillow_reads_them():
+    # Each empty chunk is 12 bytes: 25 MB of them took Pillow past the deadline.
+    with pytest.raises(imaging.TooCostly, match="chunks before its pixels"):
+        imaging.flip(png_padded(imaging.PNG_MOST_CHUNKS))
+    flipped = imaging.flip(png_padded(imaging.PNG_MOST_CHUNKS - 10))
     assert decode(flipped.data).tobytes() == picture("RGB", (16, 16)).transpose(DOWN).tobytes()
 
 
