@@ -196,6 +196,12 @@ def _lzw(indices: bytes) -> bytes:
     return b"\x08" + sub_blocks + b"\x00"  # the minimum code size, the sub-blocks, their terminator
 
 
+def jpeg_padded(comments: int) -> bytes:
+    """A 16x16 JPEG with `comments` empty COM segments after its scan (allowed, and skipped)."""
+    data = encode(picture("RGB", (16, 16)), "JPEG")
+    return data[:-2] + b"\xff\xfe\x00\x02" * comments + data[-2:]  # before the EOI
+
+
 def png_padded(chunks: int) -> bytes:
     """A 16x16 PNG with `chunks` empty private chunks after its header (allowed, and skipped)."""
     data = encode(picture("RGB", (16, 16)), "PNG")

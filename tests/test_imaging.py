@@ -24,6 +24,7 @@ from tests.pictures import (
     gif_padded,
     jpeg_declaring,
     jpeg_of_precision,
+    jpeg_padded,
     local_palettes_gif,
     many_scans_jpeg,
     moving_square_gif,
@@ -285,6 +286,14 @@ def test_a_webp_of_more_chunks_than_any_picture_has_is_refused_before_its_pixels
         imaging.flip(webp_padded(imaging.WEBP_MOST_CHUNKS + 1))
     flipped = imaging.flip(webp_padded(imaging.WEBP_MOST_CHUNKS - 10))
     assert decode(flipped.data).tobytes() == picture("RGB", (16, 16)).transpose(DOWN).tobytes()
+
+
+@pytest.mark.parametrize("lossless", [True, False])
+def test_a_jpeg_of_more_segments_than_any_picture_has_is_refused_before_it_is_read(lossless):
+    # TurboJPEG's transform of 100,000 empty comments took 12 s, in one call the deadline cannot stop.
+    with pytest.raises(imaging.TooCostly, match="segments"):
+        imaging.flip(jpeg_padded(imaging.JPEG_MOST_SEGMENTS), lossless=lossless)
+    assert imaging.flip(jpeg_padded(imaging.JPEG_MOST_SEGMENTS - 10), lossless=lossless).height == 16
 
 
 def test_a_png_of_more_chunks_than_any_picture_has_is_refused_before_pillow_reads_them():

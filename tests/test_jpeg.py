@@ -97,3 +97,11 @@ def test_arithmetic_coding_has_no_floor():
     frame = data.index(b"\xff\xc0")
     data[frame + 1] = 0xC9
     assert jpeg.least_bytes(bytes(data)) == 0
+
+
+def test_segments_are_counted_to_the_end_of_the_picture_and_counting_stops_past_the_bound():
+    data = many_scans_jpeg((64, 48), scans=500)
+    header = sum(1 for marker, _, _ in jpeg.segments(data))  # up to the first scan's header
+    assert jpeg.segment_count(data, stop_after=10_000) == header + 500
+    assert jpeg.segment_count(data, stop_after=100) == 101
+    assert jpeg.segment_count(b"not a jpeg", stop_after=100) == 0
