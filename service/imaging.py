@@ -95,10 +95,10 @@ PNG_EXIF_KEYWORDS = frozenset({b"Raw profile type exif", b"Raw profile type APP1
 PNG_XMP_KEYWORD = b"XML:com.adobe.xmp"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Before its pixels a PNG has a handful of chunks (header, palette, colour space, text): 24 MB of
-# empty ones took Pillow past the 10 s deadline to read; 20,000 are walked in about 20 ms.
+# empty ones take Pillow past the 10 s deadline to read; 20,000 are walked in about 20 ms.
 PNG_MOST_CHUNKS = 20_000
 # A JPEG has tens of segments, a few hundred with a long XMP or ICC profile split over many. A
-# flip of one with 100,000 empty comments (400 KB) took 13 s, most of it in TurboJPEG's transform
+# flip of one with 100,000 empty comments (400 KB) takes 13 s, most of it in TurboJPEG's transform
 # (its marker list grows by a walk to its end), one of 400,000 over 100 s; of 10,000, 0.16 s.
 JPEG_MOST_SEGMENTS = 10_000
 # A GIF has 2 or 3 blocks a frame (graphic control, image, maybe a comment) and a few more: this

@@ -290,14 +290,14 @@ def test_a_webp_of_more_chunks_than_any_picture_has_is_refused_before_its_pixels
 
 @pytest.mark.parametrize("lossless", [True, False])
 def test_a_jpeg_of_more_segments_than_any_picture_has_is_refused_before_it_is_read(lossless):
-    # TurboJPEG's transform of 100,000 empty comments took 12 s, in one call the deadline cannot stop.
+    # TurboJPEG's transform of 100,000 empty comments takes seconds, in one call the deadline cannot stop.
     with pytest.raises(imaging.TooCostly, match="segments"):
         imaging.flip(jpeg_padded(imaging.JPEG_MOST_SEGMENTS), lossless=lossless)
     assert imaging.flip(jpeg_padded(imaging.JPEG_MOST_SEGMENTS - 10), lossless=lossless).height == 16
 
 
 def test_a_png_of_more_chunks_than_any_picture_has_is_refused_before_pillow_reads_them():
-    # Each empty chunk is 12 bytes: 25 MB of them took Pillow past the deadline.
+    # Each empty chunk is 12 bytes: 25 MB of them take Pillow past the deadline.
     with pytest.raises(imaging.TooCostly, match="chunks before its pixels"):
         imaging.flip(png_padded(imaging.PNG_MOST_CHUNKS))
     flipped = imaging.flip(png_padded(imaging.PNG_MOST_CHUNKS - 10))
