@@ -97,7 +97,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Before its pixels a PNG has a handful of chunks (header, palette, colour space, text): 24 MB of
 # empty ones take Pillow past the 10 s deadline to read; 20,000 are walked in about 20 ms.
 PNG_MOST_CHUNKS = 20_000
-# A JPEG has tens of segments, a few hundred with a long XMP or ICC profile split over many. A
+# A JPEG has tens of segments besides its scans and their tables, a few hundred with a long XMP
+# or ICC profile split over many (jpeg.counts). A
 # flip of one with 100,000 empty comments (400 KB) takes 13 s, most of it in TurboJPEG's transform
 # (its marker list grows by a walk to its end), one of 400,000 over 100 s; of 10,000, 0.16 s.
 JPEG_MOST_SEGMENTS = 10_000
@@ -548,12 +549,13 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image
     if values > tiff.MOST_VALUES:
         raise TooCostly(f"the TIFF has a tag of {values:,} values (strip or tile offsets), more than the "
                         f"{tiff.MOST_VALUES:,} a picture may have: reading each costs memory before any pixel")
-    if jpeg.scans(data, limits.max_scans) > limits.max_scans:
+    scans, segments = jpeg.counts(data, limits.max_scans, JPEG_MOST_SEGMENTS)
+    if scans > limits.max_scans:
         raise TooCostly(f"the JPEG has more than {limits.max_scans:,} scans, the most a picture may have "
                         "(a progressive JPEG has about 10): each costs a pass over every pixel")
-    if jpeg.segment_count(data, JPEG_MOST_SEGMENTS) > JPEG_MOST_SEGMENTS:
-        raise TooCostly(f"the JPEG has more than {JPEG_MOST_SEGMENTS:,} segments (metadata, tables, scans), the "
-                        "most a picture may have: reading each costs time before any pixel")
+    if segments > JPEG_MOST_SEGMENTS:
+        raise TooCostly(f"the JPEG has more than {JPEG_MOST_SEGMENTS:,} segments besides its scans and their "
+                        "tables (metadata, comments), the most a picture may have: reading each costs time")
     if data.startswith(PNG_SIGNATURE) and _png_chunk_count(data, PNG_MOST_CHUNKS) > PNG_MOST_CHUNKS:
         raise TooCostly(f"the PNG has more than {PNG_MOST_CHUNKS:,} chunks before its pixels, the most a picture may "
                         "have (most have a handful): each costs time before any pixel")

@@ -7,8 +7,8 @@ for each: thousands of tiny scans make a small file cost minutes. Counting them 
 
 from __future__ import annotations
 
-import itertools
 import re
+import sys
 
 SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
 # Markers with no length after them: TEM and the restart markers.
@@ -41,24 +41,28 @@ def precision(data: bytes) -> int | None:
     return None
 
 
-def segment_count(data: bytes, stop_after: int) -> int:
-    """How many segments (markers with a length: APPn, COM, tables, scans...) the main picture has,
-    up to its EOI; counting stops once it passes `stop_after`. libjpeg keeps the APPn and COM
-    segments it copies in a list it walks to the end for each new one: a file of many costs
-    their square, in one call that cannot be interrupted."""
-    return sum(1 for _ in itertools.islice(_walk(data, skip_stray_bytes=True), stop_after + 1))
+def counts(data: bytes, most_scans: int, most_segments: int) -> tuple[int, int]:
+    """How many scans (SOS segments) the main picture has up to its EOI, and how many other
+    segments beyond two a scan (a progressive JPEG may define tables before each). Counting stops
+    once either passes its bound, so a file of a million segments costs no more than the bound.
+
+    Scans: a decoder walks every block of the picture for each. Other segments: libjpeg keeps the
+    APPn and COM segments it copies in a list it walks to the end for each new one, so a file of
+    many costs their square in one call that cannot be interrupted."""
+    scans = segments = 0
+    for marker, _, _ in _walk(data, skip_stray_bytes=True):
+        if marker == SOS:
+            scans += 1
+        else:
+            segments += 1
+        if scans > most_scans or segments - 2 * scans > most_segments:
+            break
+    return scans, max(segments - 2 * scans, 0)
 
 
 def scans(data: bytes, stop_after: int) -> int:
-    """How many scans (SOS segments) the main picture has, up to its EOI; counting stops once it
-    passes `stop_after`, so a file of a million scans costs no more than one of `stop_after` + 1."""
-    count = 0
-    for marker, _, _ in _walk(data, skip_stray_bytes=True):
-        if marker == SOS:
-            count += 1
-            if count > stop_after:
-                break
-    return count
+    """How many scans the main picture has (counts), up to `stop_after` + 1."""
+    return counts(data, stop_after, sys.maxsize)[0]
 
 
 def least_bytes(data: bytes) -> int:

@@ -99,9 +99,15 @@ def test_arithmetic_coding_has_no_floor():
     assert jpeg.least_bytes(bytes(data)) == 0
 
 
-def test_segments_are_counted_to_the_end_of_the_picture_and_counting_stops_past_the_bound():
-    data = many_scans_jpeg((64, 48), scans=500)
-    header = sum(1 for marker, _, _ in jpeg.segments(data))  # up to the first scan's header
-    assert jpeg.segment_count(data, stop_after=10_000) == header + 500
-    assert jpeg.segment_count(data, stop_after=100) == 101
-    assert jpeg.segment_count(b"not a jpeg", stop_after=100) == 0
+def test_segments_besides_scans_and_their_tables_are_counted_and_counting_stops_past_the_bound():
+    plain = encode(photo((64, 48)), "JPEG")
+    padded = plain[:-2] + b"\xff\xfe\x00\x02" * 5_000 + plain[-2:]  # comments before the EOI
+    assert jpeg.counts(plain, most_scans=100, most_segments=10_000)[1] < 10
+    assert (jpeg.counts(padded, most_scans=100, most_segments=10_000)[1]
+            - jpeg.counts(plain, most_scans=100, most_segments=10_000)[1]) == 5_000
+    assert jpeg.counts(padded, most_scans=100, most_segments=100) == (1, 101)
+    # A progressive JPEG's tables before each scan are its own: 500 scans count as scans only.
+    many = many_scans_jpeg((64, 48), scans=500)
+    assert jpeg.counts(many, most_scans=10_000, most_segments=10) == (501, 0)
+    assert jpeg.counts(many, most_scans=100, most_segments=10_000) == (101, 0)
+    assert jpeg.counts(b"not a jpeg", most_scans=100, most_segments=100) == (0, 0)
