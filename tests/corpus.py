@@ -14,7 +14,7 @@ from PIL import Image
 
 from service.config import Settings
 from service.imaging import MEDIA_TYPES
-from tests.pictures import encode, gif_declaring, photo, picture, png_declaring
+from tests.pictures import encode, gif_declaring, photo, picture, png_chunk, png_declaring
 
 FORMATS = tuple(MEDIA_TYPES)
 MEDIA = MEDIA_TYPES
@@ -73,14 +73,11 @@ def _webp_declaring(width: int, height: int) -> bytes:
 
 def _png_bomb(width: int, height: int) -> bytes:
     """A real PNG of width x height black pixels: a few hundred KB that inflate to W*H bytes."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     row = b"\0" * (width + 1)
     compressor = zlib.compressobj(9)
     idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def _gif_with_frames(frames: int, size: tuple[int, int] = (1, 1)) -> bytes:

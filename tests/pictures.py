@@ -80,6 +80,11 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return math.inf if mse == 0 else 20 * math.log10(255 / math.sqrt(mse))
 
 
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: its length, type, data and CRC."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels: a decompression bomb's header."""
     data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
@@ -110,11 +115,9 @@ def png_16_bits(mode: str, size: tuple[int, int] = SIZE, seed: int = 1) -> bytes
     rng = random.Random(seed)
     rows = b"".join(b"\0" + rng.randbytes(width * bands * 2) for _ in range(height))  # filter 0: none
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows))
+            + png_chunk(b"IEND", b""))
 
 
 def jpeg_of_precision(bits: int) -> bytes:
@@ -205,8 +208,7 @@ def jpeg_padded(comments: int) -> bytes:
 def png_padded(chunks: int) -> bytes:
     """A 16x16 PNG with `chunks` empty private chunks after its header (allowed, and skipped)."""
     data = encode(picture("RGB", (16, 16)), "PNG")
-    empty = struct.pack(">I", 0) + b"flPz" + struct.pack(">I", zlib.crc32(b"flPz"))
-    return data[:33] + empty * chunks + data[33:]  # the signature and IHDR are 33 bytes
+    return data[:33] + png_chunk(b"flPz", b"") * chunks + data[33:]  # the signature and IHDR are 33 bytes
 
 
 def gif_padded(extensions: int) -> bytes:

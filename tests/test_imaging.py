@@ -32,6 +32,7 @@ from tests.pictures import (
     photo,
     picture,
     png_16_bits,
+    png_chunk,
     png_declaring,
     png_padded,
     psnr,
@@ -568,8 +569,7 @@ def test_a_16_bit_colour_key_is_written_for_the_8_bit_colours():
     source = png_16_bits("RGB")
     header_end = 8 + 25  # the signature, then IHDR's length, type, 13 bytes and CRC
     key = struct.pack(">HHH", 300, 400, 50_000)
-    trns = struct.pack(">I", 6) + b"tRNS" + key + struct.pack(">I", zlib.crc32(b"tRNS" + key))
-    result = imaging.flip(source[:header_end] + trns + source[header_end:])
+    result = imaging.flip(source[:header_end] + png_chunk(b"tRNS", key) + source[header_end:])
     assert decode(result.data).info["transparency"] == (1, 1, 195)
     assert result.dropped == (imaging.HIGH_BIT_DEPTH,)
 
@@ -749,12 +749,8 @@ def test_a_pngs_text_is_kept_and_its_xmp_loses_only_its_orientation():
 ], ids=["16-bit sBIT", "tIME", "ImageMagick EXIF"])
 def test_png_chunks_that_would_be_wrong_are_not_kept(kind, body):
     source = png_16_bits("RGB") if kind == b"sBIT" else _png_with_chunks()
-    source = source[:33] + _chunk(kind, body) + source[33:]  # after the IHDR
+    source = source[:33] + png_chunk(kind, body) + source[33:]  # after the IHDR
     assert kind not in _chunks(imaging.flip(source).data)
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def _cornered(size: tuple[int, int]) -> Image.Image:
