@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import struct
 import time
 from dataclasses import dataclass, field, replace
@@ -90,13 +89,17 @@ ALPHA_MODES = frozenset({"RGBA", "LA", "RGBa", "La", "PA"})
 AVIF_SPEED = 8
 # A PNG's chunks that a flip keeps as they are: colour space (Pillow's writer leaves out sRGB beside
 # an ICC profile) and text. Text keywords under which ImageMagick keeps an EXIF, and the XMP's.
-PNG_KEPT_CHUNKS = frozenset({b"cHRM", b"cICP", b"gAMA", b"sRGB", b"sBIT", b"tEXt", b"zTXt", b"iTXt"})
+PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+PNG_KEPT_CHUNKS = frozenset({b"cHRM", b"cICP", b"gAMA", b"sRGB", b"sBIT"}) | PNG_TEXT_CHUNKS
 PNG_EXIF_KEYWORDS = frozenset({b"Raw profile type exif", b"Raw profile type APP1"})
 PNG_XMP_KEYWORD = b"XML:com.adobe.xmp"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Before its pixels a PNG has a handful of chunks (header, palette, colour space, text): 24 MB of
 # empty ones take Pillow past the 10 s deadline to read; 20,000 are walked in about 20 ms.
 PNG_MOST_CHUNKS = 20_000
+# In all, its pixels' IDAT chunks too: a few thousand in 25 MB (libpng writes 8 KiB each, Pillow
+# 64 KiB). 2 million empty ones (24 MB) took Pillow 3.2 s to decode; 100,000 take 0.16 s.
+PNG_MOST_ALL_CHUNKS = 100_000
 # A JPEG has tens of segments besides its scans and their tables, a few hundred with a long XMP
 # or ICC profile split over many (jpeg.counts). A
 # flip of one with 100,000 empty comments (400 KB) takes 13 s, most of it in TurboJPEG's transform
@@ -556,9 +559,13 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image
     if segments > JPEG_MOST_SEGMENTS:
         raise TooCostly(f"the JPEG has more than {JPEG_MOST_SEGMENTS:,} segments besides its scans and their "
                         "tables (metadata, comments), the most a picture may have: reading each costs time")
-    if data.startswith(PNG_SIGNATURE) and _png_chunk_count(data, PNG_MOST_CHUNKS) > PNG_MOST_CHUNKS:
+    before_pixels, in_all = _png_chunk_counts(data) if data.startswith(PNG_SIGNATURE) else (0, 0)
+    if before_pixels > PNG_MOST_CHUNKS:
         raise TooCostly(f"the PNG has more than {PNG_MOST_CHUNKS:,} chunks before its pixels, the most a picture may "
                         "have (most have a handful): each costs time before any pixel")
+    if in_all > PNG_MOST_ALL_CHUNKS:
+        raise TooCostly(f"the PNG has more than {PNG_MOST_ALL_CHUNKS:,} chunks, the most a picture may have (most "
+                        "have a few thousand at most): each costs time to read")
     try:
         im = Image.open(_TimedReader(data, deadline), formats=list(MEDIA_TYPES))
     except Image.DecompressionBombError as exc:
@@ -890,14 +897,18 @@ def _png_params(im, data) -> dict:
 
 
 def _png_chunks_kept(data: bytes, sixteen_bits: bool) -> PngImagePlugin.PngInfo:
-    """The source's colour space and text chunks, before its pixels, as they are (Pillow's writer
-    writes them when given, but its reader keeps only their values): the XMP without its
-    orientation, which the flip applies, and not the EXIF that ImageMagick keeps in a text chunk
-    (the EXIF is written back on its own). Its significant bits, for 16 bits, would be over 8."""
+    """The source's colour space chunks and its text chunks, as they are (Pillow's writer writes
+    them when given, but its reader keeps only their values): the XMP without its orientation,
+    which the flip applies, and not the EXIF that ImageMagick keeps in a text chunk (the EXIF is
+    written back on its own). Its significant bits, for 16 bits, would be over 8. Text may follow
+    the pixels; it is written before them (both are valid), colour space chunks may not."""
     kept = PngImagePlugin.PngInfo()
-    for kind, body in _png_chunks_before_pixels(data):
+    for kind, start, length, after_pixels in _png_chunks(data):
         if kind == b"sBIT" and sixteen_bits or kind not in PNG_KEPT_CHUNKS:
             continue
+        if after_pixels and kind not in PNG_TEXT_CHUNKS:
+            continue
+        body = data[start : start + length]
         keyword = body.split(b"\0", 1)[0]
         if keyword in PNG_EXIF_KEYWORDS:
             continue
@@ -909,19 +920,28 @@ def _png_chunks_kept(data: bytes, sixteen_bits: bool) -> PngImagePlugin.PngInfo:
     return kept
 
 
-def _png_chunk_count(data: bytes, stop_after: int) -> int:
-    """How many chunks the PNG has before its pixels; counting stops once it passes `stop_after`."""
-    return sum(1 for _ in itertools.islice(_png_chunks_before_pixels(data), stop_after + 1))
+def _png_chunk_counts(data: bytes) -> tuple[int, int]:
+    """How many chunks the PNG has before its pixels, and in all; counting stops once either
+    passes its bound (PNG_MOST_CHUNKS, PNG_MOST_ALL_CHUNKS)."""
+    before_pixels = in_all = 0
+    for _, _, _, after_pixels in _png_chunks(data):
+        in_all += 1
+        before_pixels += not after_pixels
+        if before_pixels > PNG_MOST_CHUNKS or in_all > PNG_MOST_ALL_CHUNKS:
+            break
+    return before_pixels, in_all
 
 
-def _png_chunks_before_pixels(data: bytes):
-    """(type, data) of each chunk of the PNG before its first IDAT, where these chunks must be."""
-    at = len(PNG_SIGNATURE)
+def _png_chunks(data: bytes):
+    """(type, where its data starts, its length, whether it follows the first IDAT) of each chunk
+    of the PNG, up to its IEND or the end of what was sent."""
+    at, after_pixels = len(PNG_SIGNATURE), False
     while at + 8 <= len(data):
         length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
-        if kind == b"IDAT":
+        after_pixels = after_pixels or kind == b"IDAT"
+        yield kind, at + 8, length, after_pixels
+        if kind == b"IEND":
             return
-        yield kind, data[at + 8 : at + 8 + length]
         at += 12 + length
 
 

@@ -211,6 +211,13 @@ def png_padded(chunks: int) -> bytes:
     return data[:33] + png_chunk(b"flPz", b"") * chunks + data[33:]  # the signature and IHDR are 33 bytes
 
 
+def png_idat_padded(chunks: int) -> bytes:
+    """A 16x16 PNG whose pixels follow `chunks` empty IDAT chunks (allowed: zlib's stream goes on)."""
+    data = encode(picture("RGB", (16, 16)), "PNG")
+    pixels = data.index(b"IDAT") - 4  # Pillow writes no chunk between the IHDR and the pixels here
+    return data[:pixels] + png_chunk(b"IDAT", b"") * chunks + data[pixels:]
+
+
 def gif_padded(extensions: int) -> bytes:
     """A 16x16 GIF followed by `extensions` empty comment extensions (allowed, and skipped)."""
     data = encode(picture("P", (16, 16)), "GIF")
