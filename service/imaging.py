@@ -548,10 +548,13 @@ def identify(data: bytes) -> str | None:
 
 def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image, str]:
     """The picture opened, its header checked against the limits; and its memory format."""
-    values = tiff.largest_tag(data, limits.max_frames + 1)
+    values, entries = tiff.counts(data, limits.max_frames + 1)
     if values > tiff.MOST_VALUES:
         raise TooCostly(f"the TIFF has a tag of {values:,} values (strip or tile offsets), more than the "
                         f"{tiff.MOST_VALUES:,} a picture may have: reading each costs memory before any pixel")
+    if entries > tiff.MOST_ENTRIES:
+        raise TooCostly(f"the TIFF's pages have more than {tiff.MOST_ENTRIES:,} tags in all, the most a picture may "
+                        "have (a page has 10 to 50): reading each costs time before any pixel")
     scans, segments = jpeg.counts(data, limits.max_scans, JPEG_MOST_SEGMENTS)
     if scans > limits.max_scans:
         raise TooCostly(f"the JPEG has more than {limits.max_scans:,} scans, the most a picture may have "

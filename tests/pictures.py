@@ -218,6 +218,29 @@ def png_idat_padded(chunks: int) -> bytes:
     return data[:pixels] + png_chunk(b"IDAT", b"") * chunks + data[pixels:]
 
 
+def tiff_of_entries(pages: int, entries: int) -> bytes:
+    """A TIFF of `pages` 4x4 pages whose directories have `entries` entries in all: each page's
+    own, then private one-byte tags (allowed, and kept) spread over the pages."""
+    frames = [Image.new("L", (4, 4), 100) for _ in range(pages)]
+    data = bytearray(encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]))
+    offsets, offset = [], struct.unpack_from("<I", data, 4)[0]
+    while offset:
+        offsets.append(offset)
+        offset = struct.unpack_from("<I", data, offset + 2 + 12 * struct.unpack_from("<H", data, offset)[0])[0]
+    own = sum(struct.unpack_from("<H", data, offset)[0] for offset in offsets)
+    extra = [(entries - own) // pages + (index < (entries - own) % pages) for index in range(pages)]
+    link = 4  # where the offset of the next directory is written
+    for offset, padding in zip(offsets, extra, strict=True):
+        count = struct.unpack_from("<H", data, offset)[0]
+        table = [bytes(data[offset + 2 + 12 * i : offset + 14 + 12 * i]) for i in range(count)]
+        table += [struct.pack("<HHI4s", 1000 + i, 1, 1, b"\1\0\0\0") for i in range(padding)]
+        table.sort(key=lambda entry: struct.unpack_from("<H", entry)[0])
+        struct.pack_into("<I", data, link, len(data))  # the directory moves to the end, padded
+        link = len(data) + 2 + 12 * len(table)
+        data += struct.pack("<H", len(table)) + b"".join(table) + b"\0\0\0\0"
+    return bytes(data)
+
+
 def gif_padded(extensions: int) -> bytes:
     """A 16x16 GIF followed by `extensions` empty comment extensions (allowed, and skipped)."""
     data = encode(picture("P", (16, 16)), "GIF")
