@@ -548,13 +548,7 @@ def identify(data: bytes) -> str | None:
 
 def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image, str]:
     """The picture opened, its header checked against the limits; and its memory format."""
-    values, entries = tiff.counts(data, limits.max_frames + 1)
-    if values > tiff.MOST_VALUES:
-        raise TooCostly(f"the TIFF has a tag of {values:,} values (strip or tile offsets), more than the "
-                        f"{tiff.MOST_VALUES:,} a picture may have: reading each costs memory before any pixel")
-    if entries > tiff.MOST_ENTRIES:
-        raise TooCostly(f"the TIFF's pages have more than {tiff.MOST_ENTRIES:,} tags in all, the most a picture may "
-                        "have (a page has 10 to 50): reading each costs time before any pixel")
+    _check_directories(*tiff.counts(data, limits.max_frames + 1), "the TIFF's pages have")
     scans, segments = jpeg.counts(data, limits.max_scans, JPEG_MOST_SEGMENTS)
     if scans > limits.max_scans:
         raise TooCostly(f"the JPEG has more than {limits.max_scans:,} scans, the most a picture may have "
@@ -585,6 +579,8 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image
         raise NotAnImage("the body is not a picture this service can read") from None
     except PILLOW_DATA_ERRORS as exc:
         raise NotAnImage(f"the picture's header is damaged: {exc}") from exc
+    if im.format != "TIFF":  # a TIFF's EXIF is its first page's directories, counted above
+        _check_directories(*tiff.counts(_exif_of(im, data), directories=2), "the picture's EXIF has")
     memory_format = _memory_format(im.format, data)
     _check_pixels(im.size, im.mode, limits, memory_format)
     least = _least_bytes(im.format, data)
@@ -597,6 +593,27 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image
         # often: a block of a progressive JPEG may hold hundreds of scans. (1 % of a decode.)
         im.decodermaxblock = JPEG_DECODER_BLOCK
     return im, memory_format
+
+
+def _check_directories(values: int, entries: int, which_have: str) -> None:
+    """Refuse TIFF directories (a TIFF's pages, or an EXIF) that cost too much to read: Pillow
+    makes a Python object of every value, and reads every entry in a loop turn or more."""
+    if values > tiff.MOST_VALUES:
+        raise TooCostly(f"{which_have} a tag of {values:,} values (strip or tile offsets in a TIFF), more than the "
+                        f"{tiff.MOST_VALUES:,} a picture may have: reading each costs memory before any pixel")
+    if entries > tiff.MOST_ENTRIES:
+        raise TooCostly(f"{which_have} more than {tiff.MOST_ENTRIES:,} tags in all, the most a picture may have "
+                        "(a TIFF page or an EXIF has tens): reading each costs time before any pixel")
+
+
+def _exif_of(im: Image.Image, data: bytes) -> bytes:
+    """The picture's EXIF as Pillow's getexif() reads it, without its "Exif" header: b"" if none.
+    A PNG's may follow its pixels, where Pillow finds it only once it has decoded them."""
+    exif = im.info.get("exif") or b""
+    if not exif and im.format == "PNG":
+        exif = next((data[start : start + length] for kind, start, length, _ in _png_chunks(data)
+                     if kind == b"eXIf"), b"")
+    return exif.removeprefix(jpeg_lossless.EXIF_HEADER)
 
 
 def _least_bytes(fmt: str, data: bytes) -> int:

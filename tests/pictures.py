@@ -241,6 +241,23 @@ def tiff_of_entries(pages: int, entries: int) -> bytes:
     return bytes(data)
 
 
+def exif_of_entries(entries: int, in_exif_directory: int = 0) -> bytes:
+    """An EXIF (with its "Exif" header) whose first directory has `entries` entries in all, one of
+    them the pointer to an EXIF directory of `in_exif_directory` more when that is not 0: private
+    one-byte tags (allowed, and kept)."""
+    def directory(count: int, pointer: int = 0) -> bytes:
+        table = [struct.pack("<HHI4s", 1000 + i, 1, 1, b"\1\0\0\0") for i in range(count - bool(pointer))]
+        table += [struct.pack("<HHII", 0x8769, 4, 1, pointer)] if pointer else []
+        table.sort(key=lambda entry: struct.unpack_from("<H", entry))
+        return struct.pack("<H", count) + b"".join(table) + b"\0" * 4
+
+    exif_at = 8 + 2 + 12 * entries + 4  # after the header and the first directory
+    data = b"II*\0" + struct.pack("<I", 8) + directory(entries, exif_at if in_exif_directory else 0)
+    if in_exif_directory:
+        data += directory(in_exif_directory)
+    return b"Exif\0\0" + data
+
+
 def gif_padded(extensions: int) -> bytes:
     """A 16x16 GIF followed by `extensions` empty comment extensions (allowed, and skipped)."""
     data = encode(picture("P", (16, 16)), "GIF")

@@ -19,6 +19,7 @@ from tests.pictures import (
     animation,
     decode,
     encode,
+    exif_of_entries,
     gif_declaring,
     gif_of,
     gif_padded,
@@ -987,6 +988,30 @@ def test_a_tiff_of_more_tags_than_the_bound_is_refused_before_pillow_reads_them(
         imaging.flip(tiff_of_entries(pages, tiff.MOST_ENTRIES + 1))
     flipped = imaging.flip(tiff_of_entries(pages, tiff.MOST_ENTRIES))
     assert (flipped.frames, flipped.height) == (pages, 4)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "HEIF", "AVIF"])
+def test_an_exif_of_more_tags_than_the_bound_is_refused_before_pillow_reads_it(fmt):
+    # Each costs Pillow a Python loop turn or more, read and written back: an EXIF has tens.
+    most = tiff.MOST_ENTRIES
+    with pytest.raises(imaging.TooCostly, match="EXIF has more than 5,000 tags in all"):
+        imaging.flip(encode(picture("RGB"), fmt, exif=exif_of_entries(most + 1 - 100, in_exif_directory=100)))
+    flipped = imaging.flip(encode(picture("RGB"), fmt, exif=exif_of_entries(most - 100, in_exif_directory=100)))
+    assert len(decode(flipped.data).getexif()) == most - 100
+
+
+def test_the_exif_of_a_png_after_its_pixels_is_counted_too():
+    source = encode(picture("RGB"), "PNG")
+    end = source.rindex(b"IEND") - 4
+    exif = exif_of_entries(tiff.MOST_ENTRIES + 1).removeprefix(b"Exif\0\0")
+    with pytest.raises(imaging.TooCostly, match="EXIF has more than 5,000 tags in all"):
+        imaging.flip(source[:end] + png_chunk(b"eXIf", exif) + source[end:])
+
+
+def test_a_tiffs_exif_directory_counts_with_its_pages():
+    with pytest.raises(imaging.TooCostly, match="pages have more than 5,000 tags in all"):
+        imaging.flip(encode(picture("RGB"), "TIFF", exif=exif_of_entries(3, in_exif_directory=tiff.MOST_ENTRIES)))
+    assert imaging.flip(encode(picture("RGB"), "TIFF", exif=exif_of_entries(3, in_exif_directory=100))).height
 
 
 def test_a_large_body_in_another_format_is_named_from_its_header_alone():
