@@ -144,6 +144,8 @@ SOURCE_METADATA = {
 # is decoded and written at 16.
 HIGH_BIT_DEPTH = "bit_depth"
 TIFF_BITS_PER_SAMPLE = 258
+TIFF_X_RESOLUTION = 282
+TIFF_ICC_PROFILE = 34675
 # The tags of a TIFF's first directory (what Pillow's getexif() gives for a TIFF) that describe
 # how the source stored its pixels, not what the picture shows: the writer chooses its own.
 # Written back from the source they would override the writer's layout (the source's width over a
@@ -304,12 +306,12 @@ def flip(data: bytes, direction: str = "vertical", limits: Limits = NO_LIMITS, l
             return _flip_gif(im, data, DIRECTIONS[direction], limits, spans, deadline)
         # The first frame's info holds the file-wide settings; seeking replaces it.
         params = _save_params(im, fmt, data, turned=operation in QUARTER_TURNS)
-        frames, durations, narrowed_frames = _flip_frames(im, operation, direction, limits, fmt, spans, deadline,
-                                                          memory_format)
+        frames, durations, narrowed_frames, later_pages = _flip_frames(im, operation, direction, limits, fmt, spans,
+                                                                       deadline, memory_format, data)
         im.close()  # the decoded pixels: the encoder needs only the flipped ones
         with _pillow_writing(im), spans.timing("encode"):
-            written, dropped = _save(frames, durations, params, fmt, lambda: _TimedWriter(deadline,
-                                                                                          limits.max_answer_bytes))
+            written, dropped = _save(frames, durations, [params, *later_pages], fmt,
+                                     lambda: _TimedWriter(deadline, limits.max_answer_bytes))
     finally:
         im.close()
     if narrowed or narrowed_frames:
@@ -665,11 +667,11 @@ def pixel_weight(memory_format: str, mode: str) -> float:
     return max(1.0, peak / LIMITS_BYTES_PER_PIXEL)
 
 
-def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_format):
+def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_format, data):
     """Every frame transposed by `operation` (None: copied as it is), but a TIFF's later pages, each
-    by its own orientation and the flip in `direction`; and whether any of them was decoded from
-    more than 8 bits a sample to 8 (_narrowed_to_8_bits)."""
-    frames, durations = [], []
+    by its own orientation and the flip in `direction`; whether any of them was decoded from more
+    than 8 bits a sample to 8 (_narrowed_to_8_bits); and a TIFF's later pages' own metadata."""
+    frames, durations, later_pages = [], [], []
     total_pixels = 0
     narrowed = False
     for index, frame in enumerate(_pillow_frames(im, spans)):
@@ -679,6 +681,8 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
             operation = _operation(frame, direction, spans)  # each page's directory has its own
         if index >= limits.max_frames:
             raise TooLarge(f"the animation has more than {limits.max_frames} frames")
+        if fmt == "TIFF" and index:
+            later_pages.append(_later_page_params(frame, data, turned=operation in QUARTER_TURNS))
         total_pixels += _check_pixels(frame.size, frame.mode, limits, memory_format,
                                       turned=operation in QUARTER_TURNS)
         if total_pixels > limits.max_total_pixels:
@@ -695,7 +699,17 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
                 flipped = frame.copy() if operation is None else frame.transpose(operation)
         durations.append(frame.info.get("duration"))  # WebP sets it only once loaded
         frames.append(flipped)
-    return frames, durations, narrowed
+    return frames, durations, narrowed, later_pages
+
+
+def _later_page_params(page, data, turned) -> dict:
+    """A TIFF's later page's own metadata (_save_params), which its writer would otherwise take
+    from the first page's; its EXIF and GPS directories _UNWRITABLE: Pillow's writer leaves a later
+    page's pointers to them wrong (AppendingTiffWriter moves only the offsets of its pixels)."""
+    params = _save_params(page, "TIFF", data, turned)
+    if "exif" in params:
+        params["exif"] = _UNWRITABLE
+    return params
 
 
 def _narrowed_to_8_bits(frame: Image.Image) -> bool:
@@ -822,24 +836,30 @@ def _save_params(im, fmt, data, turned) -> dict:
     for key in ("icc_profile", "dpi", "loop"):
         if im.info.get(key) is not None:
             params[key] = im.info[key]
-    if fmt == "TIFF" and 282 not in im.tag_v2:  # XResolution
-        params.pop("dpi", None)  # Pillow reports a TIFF without a resolution as 1x1 dpi
+    if fmt == "TIFF":
+        if TIFF_X_RESOLUTION not in im.tag_v2:
+            params.pop("dpi", None)  # Pillow reports a TIFF page without a resolution as 1x1 dpi
+        # Pillow leaves an earlier page's profile in info as it turns to a page without one.
+        params.pop("icc_profile", None)
+        if im.tag_v2.get(TIFF_ICC_PROFILE):
+            params["icc_profile"] = im.tag_v2[TIFF_ICC_PROFILE]
     if fmt in ("JPEG", "PNG", "WEBP", "TIFF", "HEIF", "AVIF"):
         params.update(_exif_params(im, fmt, turned))
     params.update(_FORMAT_PARAMS[fmt](im, data))
     return params
 
 
-def _save(frames, durations, params, fmt, new_output) -> tuple[bytes, tuple[str, ...]]:
+def _save(frames, durations, pages, fmt, new_output) -> tuple[bytes, tuple[str, ...]]:
     """The frames written in `fmt`, and the names of the source's metadata (SOURCE_METADATA)
-    left out for the writer to accept them, in SOURCE_METADATA's order.
+    left out for the writer to accept them, in SOURCE_METADATA's order. `pages` holds the first
+    frame's metadata (_save_params), then a TIFF's later pages' own.
 
     Tries with all of it, then without each single item, then without the first two, three...
-    together; only the last try, with none of it, is let fail: what fails then is no fault of
-    the source's metadata."""
-    unwritable = [name for name, key in SOURCE_METADATA.items() if params.get(key) is _UNWRITABLE]
+    together, from every page; only the last try, with none of it, is let fail: what fails then
+    is no fault of the source's metadata. What a page holds _UNWRITABLE is left out of it, and named."""
+    unwritable = [name for name, key in SOURCE_METADATA.items() if any(page.get(key) is _UNWRITABLE for page in pages)]
     carried = [name for name, key in SOURCE_METADATA.items()
-               if params.get(key) is not None and name not in unwritable]
+               if any(page.get(key) not in (None, _UNWRITABLE) for page in pages)]
     tries = []
     if carried:
         tries.append(())
@@ -847,13 +867,11 @@ def _save(frames, durations, params, fmt, new_output) -> tuple[bytes, tuple[str,
         tries += [(name,) for name in carried]
         tries += [tuple(carried[:count]) for count in range(2, len(carried))]
     for left_out in tries:
-        dropped = _ordered(unwritable, left_out)
         try:
-            return _write(frames, durations, params, dropped, fmt, new_output()), dropped
+            return _write(frames, durations, pages, left_out, fmt, new_output()), _ordered(unwritable, left_out)
         except PILLOW_WRITE_ERRORS:
             continue
-    dropped = _ordered(unwritable, carried)
-    return _write(frames, durations, params, dropped, fmt, new_output()), dropped
+    return _write(frames, durations, pages, carried, fmt, new_output()), _ordered(unwritable, carried)
 
 
 def _ordered(*groups) -> tuple[str, ...]:
@@ -861,34 +879,42 @@ def _ordered(*groups) -> tuple[str, ...]:
     return tuple(name for name in SOURCE_METADATA if name in names)
 
 
-def _write(frames, durations, params, dropped, fmt, out: io.BytesIO) -> bytes:
-    """One try at writing the frames without the `dropped` metadata, into `out`, a new buffer
-    each try (a failed try leaves a partial file behind)."""
-    left_out = {SOURCE_METADATA[name] for name in dropped}
-    params = {key: value for key, value in params.items() if key not in left_out}
+# What a TIFF's later page is written with when it has none of its own: nothing of the first page's.
+_NO_PAGE_METADATA = {"exif": b"", "dpi": None, "icc_profile": None, "compression": "raw"}
+
+
+def _write(frames, durations, pages, left_out, fmt, out: io.BytesIO) -> bytes:
+    """One try at writing the frames without the `left_out` metadata (SOURCE_METADATA's names), nor
+    what a page holds _UNWRITABLE, into `out`, a new buffer each try (a failed try leaves a partial
+    file behind)."""
+    left_out_keys = {SOURCE_METADATA[name] for name in left_out}
+    pages = [{key: value for key, value in page.items() if key not in left_out_keys and value is not _UNWRITABLE}
+             for page in pages]
     if fmt == "TIFF":
-        parts = [params.pop(key) for key in ("tiff_tags", "exif") if key in params]
-        if parts:
-            params["exif"] = _tiff_exif(*parts)
+        for page in pages:
+            parts = [page.pop(key) for key in ("tiff_tags", "exif") if key in page]
+            if parts:
+                page["exif"] = _tiff_exif(*parts)
+    params = dict(pages[0])
     if len(frames) > 1:
         params.update(save_all=True, append_images=frames[1:])
         if all(d is not None for d in durations):
             params["duration"] = durations
+    written = {key for page in pages for key in page}
     for frame in frames:
         # A failed multi-frame save leaves its parameters on the frames it appended, and the
         # next try would take them up again.
         frame.encoderinfo = {}
         # A frame's info, copied from the source's by the transpose, is where writers look for
         # what they are not passed (the TIFF writer for compression and icc_profile, the PNG
-        # writer for icc_profile and transparency): what is dropped goes from there too.
-        for key in left_out:
+        # writer for icc_profile and transparency): what is not written goes from there too.
+        for key in set(SOURCE_METADATA.values()) - written:
             frame.info.pop(key, None)
     if fmt == "TIFF":
-        # Each page keeps its own compression: the first page's, which `params` carries, is
-        # only a default for the others (a bilevel page's CCITT does not fit a greyscale one).
-        for frame in frames[1:]:
-            if frame.info.get("compression"):
-                frame.encoderinfo = {"compression": frame.info["compression"]}
+        # Each later page has its own metadata and compression: the writer would give it the first
+        # page's (and a bilevel page's CCITT does not fit a greyscale one).
+        for frame, page in zip(frames[1:], pages[1:], strict=True):
+            frame.encoderinfo = {**_NO_PAGE_METADATA, **page}
     frames[0].save(out, fmt, **params)
     return out.getvalue()
 

@@ -827,6 +827,56 @@ def test_each_tiff_page_is_turned_by_its_own_orientation(orientations, compressi
     assert (result.width, result.height) == ImageOps.exif_transpose(pages).size
 
 
+def _tiff_page_metadata(data: bytes) -> list[tuple]:
+    """Each page's Software, ImageDescription, dpi, ICC profile and EXIF directory, from its own
+    directory (Pillow reports 1x1 dpi for a page without a resolution, and keeps an earlier
+    page's profile in info)."""
+    pages, found = Image.open(io.BytesIO(data)), []
+    for index in range(pages.n_frames):
+        pages.seek(index)
+        exif = pages.getexif()
+        dpi = pages.info["dpi"] if imaging.TIFF_X_RESOLUTION in pages.tag_v2 else None
+        found.append((exif.get(ExifTags.Base.Software), exif.get(ExifTags.Base.ImageDescription), dpi,
+                      pages.tag_v2.get(imaging.TIFF_ICC_PROFILE), dict(exif.get_ifd(ExifTags.IFD.Exif))))
+    return found
+
+
+@pytest.mark.parametrize("compression", ["raw", "tiff_lzw"])
+def test_each_tiff_page_keeps_its_own_tags_resolution_and_profile(compression):
+    # The writer gives a later page the first page's metadata unless it is told that page's own.
+    first, second, third = _cornered((40, 30)), _cornered((40, 30)), _cornered((20, 10))
+    second.encoderinfo = {"exif": _tags(Software="second", ImageDescription="page two"), "dpi": (300, 300),
+                          "icc_profile": SRGB}
+    third.encoderinfo = {"exif": b"", "dpi": None}
+    source = encode(first, "TIFF", save_all=True, append_images=[second, third], exif=_tags(Software="first"),
+                    dpi=(72, 72), compression=compression)
+    expected = [("first", None, (72.0, 72.0), None, {}), ("second", "page two", (300.0, 300.0), SRGB, {}),
+                (None, None, None, None, {})]
+    assert _tiff_page_metadata(source) == expected  # as the source has them
+
+    result = imaging.flip(source)
+
+    assert _tiff_page_metadata(result.data) == expected
+    assert result.dropped == ()
+
+
+def test_a_later_tiff_pages_exif_directory_is_named_dropped_and_the_first_pages_kept():
+    # Pillow's writer moves a later page's pixel offsets, not its pointer to an EXIF directory.
+    # (Two pages of one layout: the second's pointer, left as it was, happens to be right.)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Software] = "both"
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = "2024:01:02 03:04:05"
+    source = encode(_cornered((40, 30)), "TIFF", save_all=True, append_images=[_cornered((40, 30))],
+                    exif=exif.tobytes())
+    directory = {ExifTags.Base.DateTimeOriginal: "2024:01:02 03:04:05"}
+    assert [page[-1] for page in _tiff_page_metadata(source)] == [directory, directory]
+
+    result = imaging.flip(source)
+
+    assert _tiff_page_metadata(result.data) == [("both", None, None, None, directory), ("both", None, None, None, {})]
+    assert result.dropped == ("exif",)
+
+
 def _with_pixel_dimensions(fmt: str, orientation: int) -> bytes:
     """A 128x64 picture whose EXIF has an orientation and PixelXDimension and PixelYDimension."""
     exif = Image.Exif()
