@@ -7,6 +7,7 @@ import contextlib
 import io
 import struct
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 
 import pillow_heif
@@ -91,9 +92,13 @@ AVIF_SPEED = 8
 # an ICC profile) and text. Text keywords under which ImageMagick keeps an EXIF, and the XMP's.
 PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 PNG_KEPT_CHUNKS = frozenset({b"cHRM", b"cICP", b"gAMA", b"sRGB", b"sBIT"}) | PNG_TEXT_CHUNKS
-PNG_EXIF_KEYWORDS = frozenset({b"Raw profile type exif", b"Raw profile type APP1"})
+PNG_RAW_EXIF = b"Raw profile type exif"  # the text in which Pillow's getexif() reads an EXIF
+PNG_EXIF_KEYWORDS = frozenset({PNG_RAW_EXIF, b"Raw profile type APP1"})
 PNG_XMP_KEYWORD = b"XML:com.adobe.xmp"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\0\0\0\0IEND\xaeB`\x82"
+# _png_params's text chunks after the pixels, for _write (not Pillow's writer) to put there.
+PNG_TEXT_AFTER_PIXELS = "text_after_pixels"
 # Before its pixels a PNG has a handful of chunks (header, palette, colour space, text): 24 MB of
 # empty ones take Pillow past the 10 s deadline to read; 20,000 are walked in about 20 ms.
 PNG_MOST_CHUNKS = 20_000
@@ -144,7 +149,9 @@ SOURCE_METADATA = {
 # is decoded and written at 16.
 HIGH_BIT_DEPTH = "bit_depth"
 TIFF_BITS_PER_SAMPLE = 258
-TIFF_X_RESOLUTION = 282
+TIFF_X_RESOLUTION, TIFF_Y_RESOLUTION, TIFF_RESOLUTION_UNIT = 282, 283, 296
+# A resolution's unit -> the factor to dots per inch: none given (read as inches), inch, centimetre.
+TIFF_DPI_UNITS = {None: 1, 2: 1, 3: 2.54}
 TIFF_ICC_PROFILE = 34675
 # The tags of a TIFF's first directory (what Pillow's getexif() gives for a TIFF) that describe
 # how the source stored its pixels, not what the picture shows: the writer chooses its own.
@@ -582,7 +589,8 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image
     except PILLOW_DATA_ERRORS as exc:
         raise NotAnImage(f"the picture's header is damaged: {exc}") from exc
     if im.format != "TIFF":  # a TIFF's EXIF is its first page's directories, counted above
-        _check_directories(*tiff.counts(_exif_of(im, data), directories=2), "the picture's EXIF has")
+        for exif in _exifs_of(im, data):
+            _check_directories(*tiff.counts(exif, directories=2), "the picture's EXIF has")
     memory_format = _memory_format(im.format, data)
     _check_pixels(im.size, im.mode, limits, memory_format)
     least = _least_bytes(im.format, data)
@@ -601,21 +609,45 @@ def _check_directories(values: int, entries: int, which_have: str) -> None:
     """Refuse TIFF directories (a TIFF's pages, or an EXIF) that cost too much to read: Pillow
     makes a Python object of every value, and reads every entry in a loop turn or more."""
     if values > tiff.MOST_VALUES:
-        raise TooCostly(f"{which_have} a tag of {values:,} values (strip or tile offsets in a TIFF), more than the "
+        raise TooCostly(f"{which_have} a tag of {values:,} numbers (a TIFF's strip or tile offsets), more than the "
                         f"{tiff.MOST_VALUES:,} a picture may have: reading each costs memory before any pixel")
     if entries > tiff.MOST_ENTRIES:
         raise TooCostly(f"{which_have} more than {tiff.MOST_ENTRIES:,} tags in all, the most a picture may have "
                         "(a TIFF page or an EXIF has tens): reading each costs time before any pixel")
 
 
-def _exif_of(im: Image.Image, data: bytes) -> bytes:
-    """The picture's EXIF as Pillow's getexif() reads it, without its "Exif" header: b"" if none.
-    A PNG's may follow its pixels, where Pillow finds it only once it has decoded them."""
-    exif = im.info.get("exif") or b""
-    if not exif and im.format == "PNG":
-        exif = next((data[start : start + length] for kind, start, length, _ in _png_chunks(data)
-                     if kind == b"eXIf"), b"")
-    return exif.removeprefix(jpeg_lossless.EXIF_HEADER)
+def _exifs_of(im: Image.Image, data: bytes) -> list[bytes]:
+    """The EXIF Pillow's getexif() may read, without its "Exif" header: none, or one; for a PNG
+    each eXIf chunk and ImageMagick's hex text of one, before the pixels or after them (where
+    Pillow reads them once it has decoded the pixels)."""
+    exifs = [im.info["exif"]] if im.info.get("exif") else []
+    if im.format == "PNG":
+        read = im.info.get(PNG_RAW_EXIF.decode())  # Pillow's reading of the text before the pixels
+        texts = [read] if isinstance(read, str) else []
+        for kind, start, length, after_pixels in _png_chunks(data):
+            if kind == b"eXIf":
+                exifs.append(data[start : start + length])
+            elif after_pixels and kind in PNG_TEXT_CHUNKS and data.startswith(PNG_RAW_EXIF + b"\0", start):
+                texts.append(_png_text(kind, data[start : start + length]))
+        for text in texts:
+            with contextlib.suppress(ValueError):  # not hex: Pillow fails on it, and reads nothing
+                exifs.append(bytes.fromhex("".join(text.split("\n")[3:])))
+    return [exif.removeprefix(jpeg_lossless.EXIF_HEADER) for exif in exifs]
+
+
+def _png_text(kind: bytes, body: bytes) -> str:
+    """A PNG text chunk's text, decompressed as Pillow decompresses it; "" when it cannot be read."""
+    _, _, rest = body.partition(b"\0")
+    try:
+        if kind == b"tEXt":
+            return rest.decode("latin-1")
+        if kind == b"zTXt":
+            return PngImagePlugin._safe_zlib_decompress(rest[1:]).decode("latin-1")
+        compressed, rest = rest[:1] == b"\1", rest[2:]  # the flag, the method
+        text = rest.split(b"\0", 2)[-1]  # after the language and the translated keyword
+        return (PngImagePlugin._safe_zlib_decompress(text) if compressed else text).decode("utf-8")
+    except (zlib.error, ValueError):
+        return ""
 
 
 def _least_bytes(fmt: str, data: bytes) -> int:
@@ -704,12 +736,10 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
 
 def _later_page_params(page, data, turned) -> dict:
     """A TIFF's later page's own metadata (_save_params), which its writer would otherwise take
-    from the first page's; its EXIF and GPS directories _UNWRITABLE: Pillow's writer leaves a later
-    page's pointers to them wrong (AppendingTiffWriter moves only the offsets of its pixels)."""
-    params = _save_params(page, "TIFF", data, turned)
-    if "exif" in params:
-        params["exif"] = _UNWRITABLE
-    return params
+    from the first page's; its EXIF and GPS directories _UNWRITABLE, and not read: Pillow's writer
+    leaves a later page's pointers to them wrong (AppendingTiffWriter moves only the offsets of its
+    pixels), and tiff.counts does not count them."""
+    return _save_params(page, "TIFF", data, turned, later_page=True)
 
 
 def _narrowed_to_8_bits(frame: Image.Image) -> bool:
@@ -738,15 +768,16 @@ def _pillow_frames(im: Image.Image, spans: Spans):
         yield frame
 
 
-def _exif_params(im: Image.Image, fmt: str, turned: bool) -> dict:
+def _exif_params(im: Image.Image, fmt: str, turned: bool, read_directories: bool = True) -> dict:
     """The source's EXIF to write back, without the orientation tag (the flip applies it), and with
     its PixelXDimension and PixelYDimension swapped if the flip `turned` the picture a quarter.
 
-    For a TIFF, Pillow's getexif() is the file's first directory: its layout tags are left out
+    For a TIFF, Pillow's getexif() is the page's directory: its layout tags are left out
     (TIFF_LAYOUT_TAGS), and what remains is kept in two parts that can be dropped apart, the
     descriptive tags ("tiff_tags": software, artist, copyright, XMP...) and the EXIF and GPS
     directories ("exif"), which Pillow's libtiff writer (any compressed TIFF) cannot write.
-    Either part is _UNWRITABLE when Pillow read it but cannot turn it into bytes again."""
+    Either part is _UNWRITABLE when Pillow read it but cannot turn it into bytes again; the
+    directories are, unread, without `read_directories` (a TIFF's later page: _later_page_params)."""
     with _pillow_reading(im):
         exif = im.getexif()
     if not exif:
@@ -759,6 +790,9 @@ def _exif_params(im: Image.Image, fmt: str, turned: bool) -> dict:
     tags, directories, unreadable = {}, {}, False
     for tag, value in exif.items():
         if tag in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
+            if not read_directories:
+                unreadable = True
+                continue
             try:
                 value = _sub_directory(exif, tag)
             except _EXIF_WRITE_ERRORS:
@@ -831,22 +865,33 @@ def _tiff_exif(*parts: dict) -> bytes:
     return exif.tobytes()
 
 
-def _save_params(im, fmt, data, turned) -> dict:
+def _save_params(im, fmt, data, turned, later_page=False) -> dict:
     params = {}
     for key in ("icc_profile", "dpi", "loop"):
         if im.info.get(key) is not None:
             params[key] = im.info[key]
     if fmt == "TIFF":
-        if TIFF_X_RESOLUTION not in im.tag_v2:
-            params.pop("dpi", None)  # Pillow reports a TIFF page without a resolution as 1x1 dpi
-        # Pillow leaves an earlier page's profile in info as it turns to a page without one.
+        # From the page's own directory: Pillow leaves an earlier page's profile and dpi in info
+        # as it turns to a page without them, and reports a page without a resolution as 1x1 dpi.
         params.pop("icc_profile", None)
+        params.pop("dpi", None)
         if im.tag_v2.get(TIFF_ICC_PROFILE):
             params["icc_profile"] = im.tag_v2[TIFF_ICC_PROFILE]
+        if (dpi := _tiff_dpi(im.tag_v2)) is not None:
+            params["dpi"] = dpi
     if fmt in ("JPEG", "PNG", "WEBP", "TIFF", "HEIF", "AVIF"):
-        params.update(_exif_params(im, fmt, turned))
+        params.update(_exif_params(im, fmt, turned, read_directories=not later_page))
     params.update(_FORMAT_PARAMS[fmt](im, data))
     return params
+
+
+def _tiff_dpi(tags) -> tuple | None:
+    """A TIFF page's resolution in dots per inch, as Pillow's reader works it out; None without
+    one, or in no unit."""
+    x, y, unit = tags.get(TIFF_X_RESOLUTION), tags.get(TIFF_Y_RESOLUTION), tags.get(TIFF_RESOLUTION_UNIT)
+    if not x or not y or unit not in TIFF_DPI_UNITS:
+        return None
+    return float(x) * TIFF_DPI_UNITS[unit], float(y) * TIFF_DPI_UNITS[unit]
 
 
 def _save(frames, durations, pages, fmt, new_output) -> tuple[bytes, tuple[str, ...]]:
@@ -888,6 +933,7 @@ def _write(frames, durations, pages, left_out, fmt, out: io.BytesIO) -> bytes:
     what a page holds _UNWRITABLE, into `out`, a new buffer each try (a failed try leaves a partial
     file behind)."""
     left_out_keys = {SOURCE_METADATA[name] for name in left_out}
+    sources = pages
     pages = [{key: value for key, value in page.items() if key not in left_out_keys and value is not _UNWRITABLE}
              for page in pages]
     if fmt == "TIFF":
@@ -900,22 +946,27 @@ def _write(frames, durations, pages, left_out, fmt, out: io.BytesIO) -> bytes:
         params.update(save_all=True, append_images=frames[1:])
         if all(d is not None for d in durations):
             params["duration"] = durations
-    written = {key for page in pages for key in page}
-    for frame in frames:
+    for index, frame in enumerate(frames):
         # A failed multi-frame save leaves its parameters on the frames it appended, and the
         # next try would take them up again.
         frame.encoderinfo = {}
         # A frame's info, copied from the source's by the transpose, is where writers look for
         # what they are not passed (the TIFF writer for compression and icc_profile, the PNG
-        # writer for icc_profile and transparency): what is not written goes from there too.
-        for key in set(SOURCE_METADATA.values()) - written:
+        # writer for icc_profile and transparency, pillow-heif for a later image's own): what is
+        # left out goes from there too.
+        source = sources[index] if len(sources) == len(frames) else sources[0]
+        for key in left_out_keys | {key for key, value in source.items() if value is _UNWRITABLE}:
             frame.info.pop(key, None)
     if fmt == "TIFF":
         # Each later page has its own metadata and compression: the writer would give it the first
         # page's (and a bilevel page's CCITT does not fit a greyscale one).
         for frame, page in zip(frames[1:], pages[1:], strict=True):
             frame.encoderinfo = {**_NO_PAGE_METADATA, **page}
+    after_pixels = params.pop(PNG_TEXT_AFTER_PIXELS, b"")
     frames[0].save(out, fmt, **params)
+    if after_pixels:  # before the IEND chunk that ends what the writer wrote
+        out.seek(-len(PNG_END), io.SEEK_END)
+        out.write(after_pixels + PNG_END)
     return out.getvalue()
 
 
@@ -933,7 +984,8 @@ def _jpeg_params(im, data) -> dict:
 
 def _png_params(im, data) -> dict:
     sixteen_bits = data[24:25] == b"\x10"
-    params = {"pnginfo": _png_chunks_kept(data, sixteen_bits)}
+    before_pixels, after_pixels = _png_chunks_kept(data, sixteen_bits)
+    params = {"pnginfo": before_pixels, PNG_TEXT_AFTER_PIXELS: after_pixels}
     if "transparency" in im.info:
         key = im.info["transparency"]
         if sixteen_bits and isinstance(key, tuple):  # a 16-bit colour key, for 8-bit colours
@@ -942,17 +994,15 @@ def _png_params(im, data) -> dict:
     return params
 
 
-def _png_chunks_kept(data: bytes, sixteen_bits: bool) -> PngImagePlugin.PngInfo:
-    """The source's colour space chunks and its text chunks, as they are (Pillow's writer writes
-    them when given, but its reader keeps only their values): the XMP without its orientation,
-    which the flip applies, and not the EXIF that ImageMagick keeps in a text chunk (the EXIF is
-    written back on its own). Its significant bits, for 16 bits, would be over 8. Text may follow
-    the pixels; it is written before them (both are valid), colour space chunks may not."""
-    kept = PngImagePlugin.PngInfo()
-    for kind, start, length, after_pixels in _png_chunks(data):
-        if kind == b"sBIT" and sixteen_bits or kind not in PNG_KEPT_CHUNKS:
-            continue
-        if after_pixels and kind not in PNG_TEXT_CHUNKS:
+def _png_chunks_kept(data: bytes, sixteen_bits: bool) -> tuple[PngImagePlugin.PngInfo, bytes]:
+    """The source's colour space and text chunks before its pixels, for the writer (which writes
+    them when given, but its reader keeps only their values); and its text chunks after them, as
+    bytes to follow the written pixels (the writer puts text before them). Each as it is, but the
+    XMP without its orientation, which the flip applies; not the EXIF that ImageMagick keeps in a
+    text chunk (the EXIF is written back on its own); significant bits for 16 would be over 8."""
+    before_pixels, after_pixels = PngImagePlugin.PngInfo(), []
+    for kind, start, length, after in _png_chunks(data):
+        if kind == b"sBIT" and sixteen_bits or kind not in (PNG_TEXT_CHUNKS if after else PNG_KEPT_CHUNKS):
             continue
         body = data[start : start + length]
         keyword = body.split(b"\0", 1)[0]
@@ -962,8 +1012,11 @@ def _png_chunks_kept(data: bytes, sixteen_bits: bool) -> PngImagePlugin.PngInfo:
             if body[len(keyword) + 1 : len(keyword) + 2] != b"\0":  # compressed (or damaged): no edit in place
                 continue
             body = jpeg_lossless.xmp_without_orientation(body)
-        kept.add(kind, body)
-    return kept
+        if after:
+            after_pixels.append(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)))
+        else:
+            before_pixels.add(kind, body)
+    return before_pixels, b"".join(after_pixels)
 
 
 def _png_chunk_counts(data: bytes) -> tuple[int, int]:

@@ -1,7 +1,7 @@
-"""A TIFF's directories, read without decoding anything: how many values its largest tag holds,
+"""A TIFF's directories, read without decoding anything: how many numbers its largest tag holds,
 and how many entries its directories have.
 
-Pillow reads every value of every tag of a directory as it opens the file, a Python object or
+Pillow reads every number of every tag of a directory as it opens the file, a Python object or
 more each: a 24 MB TIFF of one-row strips lists 12 million strip offsets and byte counts, which
 took 30 s and 3.5 GiB before any pixel limit was looked at. It reads a page's entries more than
 once, a Python loop turn or more each: 100 pages of 17,000 entries (20 MB) took more than 10 s,
@@ -13,26 +13,30 @@ from __future__ import annotations
 
 import struct
 
-# The most values a tag may hold: a 50 MP picture in tiles of 16x16, the smallest TIFF allows, has
+# The most numbers a tag may hold: a 50 MP picture in tiles of 16x16, the smallest TIFF allows, has
 # 195,313; Pillow opened a TIFF of 200,000 strips in 0.6 s and 66 MiB.
 MOST_VALUES = 200_000
 # The most entries all pages' directories may have, with the first page's EXIF directories (an
 # EXIF is a TIFF too): a page has 10 to 50, an EXIF tens. Each costs about 50 us when the first
 # page's are written back: 5,000 took 0.23 s in a TIFF, 0.03 to 0.15 s in a JPEG, PNG, WebP, AVIF.
 MOST_ENTRIES = 5_000
-# The directories getexif() reads besides a page's own: the EXIF's, the GPS's, the EXIF's
-# interoperability one.
-SUB_DIRECTORIES = frozenset({34665, 34853, 40965})
-LONG = 4
 # Bytes a value of each type Pillow reads (TiffImagePlugin's loaders): it skips a tag of another
 # type, or one whose values the data cannot hold (a damaged count), and so are they here.
 VALUE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8}
+# BYTE, ASCII and UNDEFINED values Pillow reads as one bytes or str (an ICC profile, an XMP, a
+# comment); every other type's as a number each.
+ONE_OBJECT_TYPES = frozenset({1, 2, 7})
+# The directories getexif() reads besides a page's own, by the tag that points to each: the
+# first page's EXIF and GPS directories, and the EXIF directory's interoperability one.
+EXIF_DIRECTORY, GPS_DIRECTORY, INTEROP_DIRECTORY = 34665, 34853, 40965
+# The types of a pointer Pillow follows, as struct formats: SHORT, LONG, SSHORT, SLONG, IFD, LONG8.
+POINTER_FORMATS = {3: "H", 4: "I", 8: "h", 9: "i", 13: "I", 16: "Q"}
 # The first four bytes -> byte order and whether it is a BigTIFF (8-byte offsets and counts).
 _HEADERS = {b"II*\0": ("<", False), b"MM\0*": (">", False), b"II+\0": ("<", True), b"MM\0+": (">", True)}
 
 
 def counts(data: bytes, directories: int) -> tuple[int, int]:
-    """The most values one tag holds, and the entries of all, in the first `directories`
+    """The most numbers one tag holds, and the entries of all, in the first `directories`
     directories (pages) and the first one's EXIF, GPS and interoperability directories (what
     Pillow's getexif() reads); (0, 0) if `data` is not a TIFF (an EXIF is one), and what could be
     read of a directory cut short (Pillow says what is wrong)."""
@@ -40,29 +44,31 @@ def counts(data: bytes, directories: int) -> tuple[int, int]:
         return 0, 0
     order, big = _HEADERS[data[:4]]
     # An entry: tag, type, count of values, value or offset; a directory: entries, then the next's offset.
-    entry = struct.Struct(order + ("HHQQ" if big else "HHII"))
+    entry = struct.Struct(order + ("HHQ8s" if big else "HHI4s"))
     word = struct.Struct(order + ("Q" if big else "I"))
     entries_count = struct.Struct(order + ("Q" if big else "H"))
     largest = entries_in_all = pages = 0
-    seen = set()
+    seen_pages = set()
     to_read = [(word.unpack_from(data, 8 if big else 4)[0] if len(data) >= 16 else 0, "page")]
     while to_read:
         offset, kind = to_read.pop()
-        if not offset or offset in seen or offset + entries_count.size > len(data):
+        if not offset or offset + entries_count.size > len(data) or offset in seen_pages:
             continue
-        seen.add(offset)
         start = offset + entries_count.size
         entries = min(entries_count.unpack_from(data, offset)[0], (len(data) - start) // entry.size)
         entries_in_all += entries
         if entries_in_all > MOST_ENTRIES:
             break
         table = list(entry.iter_unpack(data[start : start + entries * entry.size]))
-        largest = max([largest, *(count for _, kind_of_value, count, _ in table
-                                  if count * VALUE_BYTES.get(kind_of_value, len(data) + 1) <= len(data))])
-        if kind == "sub" or kind == "page" and pages == 0:
-            to_read += [(_offset(value, kind_of_value, order, big), "sub")
-                        for tag, kind_of_value, _, value in table if tag in SUB_DIRECTORIES]
+        largest = max([largest, *(count for _, value_type, count, _ in table if value_type not in ONE_OBJECT_TYPES
+                                  and count * VALUE_BYTES.get(value_type, len(data) + 1) <= len(data))])
+        # Each pointed to is read once for each pointer, but for pages: depth two at most, no loop.
+        follows = ({EXIF_DIRECTORY: "exif", GPS_DIRECTORY: "gps"} if kind == "page" and pages == 0
+                   else {INTEROP_DIRECTORY: "interop"} if kind == "exif" else {})
+        to_read += [(_pointer(field, value_type, count, data, order), follows[tag])
+                    for tag, value_type, count, field in table if tag in follows]
         if kind == "page":
+            seen_pages.add(offset)
             pages += 1
             after = start + entries * entry.size
             if pages < directories and after + word.size <= len(data):
@@ -70,6 +76,13 @@ def counts(data: bytes, directories: int) -> tuple[int, int]:
     return largest, entries_in_all
 
 
-def _offset(value: int, kind: int, order: str, big: bool) -> int:
-    """A pointer entry's offset: in a BigTIFF's 8-byte field a 4-byte LONG comes first."""
-    return value >> 32 if big and order == ">" and kind == LONG else value
+def _pointer(field: bytes, value_type: int, count: int, data: bytes, order: str) -> int:
+    """Where a pointer entry's directory is, its value read by its type as Pillow reads it (from
+    elsewhere in the data when it does not fit the entry's field); 0 if Pillow would not follow it."""
+    if count != 1 or value_type not in POINTER_FORMATS:
+        return 0
+    value = struct.Struct(order + POINTER_FORMATS[value_type])
+    if value.size > len(field):
+        at = struct.unpack(order + "I", field)[0]
+        field = data[at : at + value.size]
+    return max(value.unpack_from(field)[0], 0) if len(field) >= value.size else 0

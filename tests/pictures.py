@@ -221,6 +221,31 @@ def png_idat_padded(chunks: int) -> bytes:
 def tiff_of_entries(pages: int, entries: int) -> bytes:
     """A TIFF of `pages` 4x4 pages whose directories have `entries` entries in all: each page's
     own, then private one-byte tags (allowed, and kept) spread over the pages."""
+    def padding(index: int, own: int, _: int) -> list[bytes]:
+        count = (entries - own) // pages + (index < (entries - own) % pages)
+        return [_private_tag(i) for i in range(count)]
+
+    return _tiff_pages_with(pages, padding)
+
+
+def tiff_with_later_pages_exif(pages: int, entries: int) -> bytes:
+    """A TIFF of `pages` 4x4 pages whose later pages all point to one EXIF directory of `entries`
+    private one-byte tags (the first page has none)."""
+    def pointer(index: int, _: int, exif_directory: int) -> list[bytes]:
+        return [struct.pack("<HHII", 34665, 4, 1, exif_directory)] if index else []
+
+    return _tiff_pages_with(pages, pointer, struct.pack("<H", entries) + b"".join(map(_private_tag, range(entries)))
+                            + b"\0\0\0\0")
+
+
+def _private_tag(index: int) -> bytes:
+    return struct.pack("<HHI4s", 1000 + index, 1, 1, b"\1\0\0\0")
+
+
+def _tiff_pages_with(pages: int, entries_for, appended: bytes = b"") -> bytes:
+    """A little-endian TIFF of `pages` 4x4 pages, `appended` after them, and each page's directory
+    moved to the end with entries_for(page index, entries of all pages' own, where `appended` starts)
+    added."""
     frames = [Image.new("L", (4, 4), 100) for _ in range(pages)]
     data = bytearray(encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]))
     offsets, offset = [], struct.unpack_from("<I", data, 4)[0]
@@ -228,14 +253,15 @@ def tiff_of_entries(pages: int, entries: int) -> bytes:
         offsets.append(offset)
         offset = struct.unpack_from("<I", data, offset + 2 + 12 * struct.unpack_from("<H", data, offset)[0])[0]
     own = sum(struct.unpack_from("<H", data, offset)[0] for offset in offsets)
-    extra = [(entries - own) // pages + (index < (entries - own) % pages) for index in range(pages)]
+    start = len(data)
+    data += appended
     link = 4  # where the offset of the next directory is written
-    for offset, padding in zip(offsets, extra, strict=True):
+    for index, offset in enumerate(offsets):
         count = struct.unpack_from("<H", data, offset)[0]
         table = [bytes(data[offset + 2 + 12 * i : offset + 14 + 12 * i]) for i in range(count)]
-        table += [struct.pack("<HHI4s", 1000 + i, 1, 1, b"\1\0\0\0") for i in range(padding)]
+        table += entries_for(index, own, start)
         table.sort(key=lambda entry: struct.unpack_from("<H", entry)[0])
-        struct.pack_into("<I", data, link, len(data))  # the directory moves to the end, padded
+        struct.pack_into("<I", data, link, len(data))
         link = len(data) + 2 + 12 * len(table)
         data += struct.pack("<H", len(table)) + b"".join(table) + b"\0\0\0\0"
     return bytes(data)

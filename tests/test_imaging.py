@@ -40,6 +40,7 @@ from tests.pictures import (
     psnr,
     strips_tiff,
     tiff_of_entries,
+    tiff_with_later_pages_exif,
     webp_padded,
 )
 
@@ -768,6 +769,76 @@ def test_a_pngs_text_after_its_pixels_is_kept_but_not_colour_chunks_where_they_a
         "Title": "before", "Comment": "after the pixels", "Note": "z"}
     assert flipped.text["XML:com.adobe.xmp"] == ORIENTED_XMP.replace('tiff:Orientation="6"', "")
     assert b"gAMA" not in _chunks(result.data)
+    order = [kind for kind in _chunk_kinds(result.data) if kind in (b"IDAT", b"tEXt", b"zTXt", b"iTXt")]
+    assert order == [b"tEXt", b"IDAT", b"tEXt", b"zTXt", b"iTXt"]  # each where it was
+
+
+def test_a_png_of_text_after_its_pixels_flips_again():
+    # Written before the pixels, 25,000 of them would be more than a PNG may have there.
+    source = encode(picture("RGB"), "PNG")
+    end = source.rindex(b"IEND") - 4
+    source = source[:end] + png_chunk(b"tEXt", b"Comment\0after") * 25_000 + source[end:]
+    twice = imaging.flip(imaging.flip(source).data)
+    assert _chunk_kinds(twice.data).count(b"tEXt") == 25_000
+
+
+def _chunk_kinds(data: bytes) -> list[bytes]:
+    kinds, at = [], 8
+    while at + 8 <= len(data):
+        kinds.append(data[at + 4 : at + 8])
+        at += 12 + int.from_bytes(data[at : at + 4], "big")
+    return kinds
+
+
+@pytest.mark.parametrize(("kind", "after_pixels"), [(b"tEXt", False), (b"zTXt", False), (b"tEXt", True),
+                                                    (b"zTXt", True), (b"iTXt", True)])
+def test_a_pngs_exif_in_imagemagicks_text_is_counted_too(kind, after_pixels):
+    # Pillow's getexif() reads the hex text when there is no eXIf chunk.
+    exif = exif_of_entries(tiff.MOST_ENTRIES + 1).removeprefix(b"Exif\0\0")
+    text = f"\nexif\n{len(exif):8d}\n{exif.hex()}\n".encode()
+    body = {b"tEXt": text, b"zTXt": b"\0" + zlib.compress(text), b"iTXt": b"\0\0\0\0" + text}[kind]
+    source = encode(picture("RGB"), "PNG")
+    at = source.rindex(b"IEND") - 4 if after_pixels else 33  # before the end, or after the header
+    source = source[:at] + png_chunk(kind, b"Raw profile type exif\0" + body) + source[at:]
+    with pytest.raises(imaging.TooCostly, match="EXIF has more than 5,000 tags in all"):
+        imaging.flip(source)
+
+
+def test_a_later_tiff_pages_exif_directory_is_not_read():
+    # Nothing counts a later page's EXIF directory (tiff.counts), so nothing may read it: later
+    # pages pointing at one directory of 30,000 tags took the whole deadline.
+    source = tiff_with_later_pages_exif(pages=5, entries=30_000)
+    result = imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_seconds=2))
+    assert (result.frames, result.dropped) == (5, ("exif",))
+
+
+def test_a_later_tiff_page_in_a_resolution_of_no_unit_gets_none_not_an_earlier_pages():
+    # Pillow leaves the first page's dpi in info when it reads a page of a unitless resolution.
+    first, second = _cornered((40, 30)), _cornered((40, 30))
+    second.encoderinfo = {"dpi": None, "resolution_unit": 1, "x_resolution": 72, "y_resolution": 72}
+    source = encode(first, "TIFF", save_all=True, append_images=[second], dpi=(300, 300))
+    pages = Image.open(io.BytesIO(source))
+    pages.seek(1)
+    assert (pages.tag_v2[imaging.TIFF_RESOLUTION_UNIT], pages.info["dpi"]) == (1, (300, 300))  # stale
+    result = imaging.flip(source)
+    assert [page[2] for page in _tiff_page_metadata(result.data)] == [(300.0, 300.0), None]
+
+
+@pytest.mark.parametrize("later_only", ["icc_profile", "exif"])
+def test_a_later_heic_images_own_metadata_is_kept(later_only):
+    # pillow-heif writes a later image's ICC profile and EXIF from that image's own info.
+    first, second = Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")
+    second.info[later_only] = SRGB if later_only == "icc_profile" else _tags(Software="second")
+    source = encode(first, "HEIF", save_all=True, append_images=[second], quality=90)
+
+    result = imaging.flip(source)
+
+    flipped = Image.open(io.BytesIO(result.data))
+    flipped.seek(1)
+    kept = flipped.info.get("icc_profile") if later_only == "icc_profile" else flipped.getexif().get(
+        ExifTags.Base.Software)
+    assert kept == (SRGB if later_only == "icc_profile" else "second")
+    assert result.dropped == ()
 
 
 @pytest.mark.parametrize(("kind", "body"), [
@@ -1026,7 +1097,7 @@ def test_a_jpeg_of_more_scans_than_the_limit_is_refused_before_decoding():
 
 
 def test_a_tiff_of_more_strips_than_the_bound_is_refused_before_pillow_reads_them():
-    with pytest.raises(imaging.TooCostly, match="a tag of 200,001 values"):
+    with pytest.raises(imaging.TooCostly, match="a tag of 200,001 numbers"):
         imaging.flip(strips_tiff(200_001))
     assert imaging.flip(strips_tiff(200_000)).height == 200_000
 

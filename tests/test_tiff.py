@@ -54,13 +54,51 @@ def test_the_exif_directory_of_the_first_page_is_counted_and_a_later_pages_not()
     assert tiff.counts(pages, directories=2)[1] == 2 * (own + 3) + 40
 
 
-@pytest.mark.parametrize(("kind", "count", "counted"), [(3, 100, 100), (3, 10**8, 1), (99, 100, 1)],
-                         ids=["held", "more-than-the-data-holds", "unknown-type"])
-def test_only_the_values_pillow_reads_are_counted(kind, count, counted):
-    # Pillow skips a tag whose values the data cannot hold, or of a type it does not know.
-    exif = bytearray(exif_of_entries(3).removeprefix(b"Exif\0\0") + bytes(200))
+@pytest.mark.parametrize(("kind", "count", "counted"), [
+    (3, 100, 100), (3, 10**8, 0), (99, 100, 0), (7, 150, 0), (2, 150, 0), (1, 150, 0),
+], ids=["shorts", "more-than-the-data-holds", "unknown-type", "undefined", "ascii", "bytes"])
+def test_only_the_values_pillow_reads_one_by_one_are_counted(kind, count, counted):
+    # Pillow skips a tag whose values the data cannot hold, or of a type it does not know, and
+    # reads BYTE, ASCII and UNDEFINED values as one bytes or str.
+    exif = bytearray(exif_of_entries(3).removeprefix(b"Exif\0\0") + bytes(400))
     struct.pack_into("<HI", exif, 8 + 2 + 2, kind, count)  # the first entry's type and count
     assert tiff.counts(bytes(exif), directories=1)[0] == counted
+
+
+def _pointing(value_type: int, field: bytes, pointers: int = 1, big: bool = False) -> bytes:
+    """A little-endian TIFF whose first directory has `pointers` EXIF-directory entries of
+    `value_type` holding `field`, and a directory of 100 entries at offset 4096 (a LONG8 value of a
+    classic TIFF at 2048)."""
+    header = b"II+\0\x08\0\0\0" + struct.pack("<Q", 16) if big else b"II*\0" + struct.pack("<I", 8)
+    entry, count = ("<HHQ8s", "<Q") if big else ("<HHI4s", "<H")
+    table = b"".join(struct.pack(entry, tag, value_type, 1, field) for tag in (34665, 34853)[:pointers])
+    data = bytearray(header + struct.pack(count, pointers) + table + bytes(8))
+    data += bytes(4096 - len(data))
+    struct.pack_into("<Q", data, 2048, 4096)
+    directory = b"".join(struct.pack(entry, 1000 + i, 1, 1, bytes(struct.calcsize(entry) - 8)) for i in range(100))
+    return bytes(data + struct.pack(count, 100) + directory + bytes(8))
+
+
+@pytest.mark.parametrize(("value_type", "field", "big"), [
+    (4, struct.pack("<I", 4096), False),
+    (13, struct.pack("<I", 4096), False),  # IFD
+    (3, struct.pack("<HH", 4096, 0xFFFF), False),  # a SHORT is its first two bytes
+    (16, struct.pack("<I", 2048), False),  # a LONG8 does not fit a classic field: stored apart
+    (4, struct.pack("<IHH", 4096, 1, 1), True),  # a LONG in a BigTIFF's field, then padding
+    (16, struct.pack("<Q", 4096), True),
+], ids=["long", "ifd", "short", "classic-long8", "bigtiff-long", "bigtiff-long8"])
+def test_a_pointer_is_read_by_its_type_as_pillow_reads_it(value_type, field, big):
+    data = _pointing(value_type, field, big=big)
+    assert tiff.counts(data, directories=1)[1] == 1 + 100
+    if not big:  # Pillow reads an EXIF of a classic TIFF's shape
+        exif = Image.Exif()
+        exif.load(data)
+        assert len(exif.get_ifd(34665)) == 100
+
+
+def test_a_directory_pointed_to_twice_is_counted_twice():
+    # The EXIF and GPS pointers at one directory: Pillow reads it for each.
+    assert tiff.counts(_pointing(4, struct.pack("<I", 4096), pointers=2), directories=1)[1] == 2 + 200
 
 
 @pytest.mark.parametrize("data", [b"", b"II*\0", b"II*\0\xff\xff\xff\xff" + b"\0" * 8, b"MM\0+\0\x08\0\0" + b"\xff" * 8,
