@@ -88,6 +88,7 @@ PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False)
                         ("WEBP", False): 24, ("WEBP", True): 52, (LOSSLESS_WEBP, False): 46, (LOSSLESS_WEBP, True): 54}
 ALPHA_MODES = frozenset({"RGBA", "LA", "RGBa", "La", "PA"})
 AVIF_SPEED = 8
+HEIF_ITEM_TYPE_BYTES = 4  # a metadata item's type is a four-character code
 # A PNG's chunks that a flip keeps as they are: colour space (Pillow's writer leaves out sRGB beside
 # an ICC profile) and text. Text keywords under which ImageMagick keeps an EXIF, and the XMP's.
 PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
@@ -788,7 +789,11 @@ def _exif_params(im: Image.Image, fmt: str, turned: bool, read_directories: bool
         serialise = (lambda: _pixel_dimensions_swapped(exif).tobytes()) if turned else exif.tobytes
         return {"exif": _exif_bytes(serialise)}
     tags, directories, unreadable = {}, {}, False
-    for tag, value in exif.items():
+    for tag in list(exif):
+        try:
+            value = exif[tag]
+        except KeyError:  # listed but not kept: Pillow stores no value of a wrong count (262 of two)
+            continue
         if tag in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo):
             if not read_directories:
                 unreadable = True
@@ -837,8 +842,8 @@ def _sub_directory(exif: Image.Exif, tag: int) -> dict:
 
 
 # Pillow's errors on an EXIF that it read but cannot serialise: a value that does not pack, a
-# directory cut short that it reads only then.
-_EXIF_WRITE_ERRORS = (*PILLOW_WRITE_ERRORS, EOFError)
+# directory cut short that it reads only then, a tag it lists but kept no value of.
+_EXIF_WRITE_ERRORS = (*PILLOW_WRITE_ERRORS, EOFError, KeyError)
 # A params value: the source carries this metadata, but it cannot be written (_save drops it).
 _UNWRITABLE = object()
 
@@ -957,6 +962,11 @@ def _write(frames, durations, pages, left_out, fmt, out: io.BytesIO) -> bytes:
         source = sources[index] if len(sources) == len(frames) else sources[0]
         for key in left_out_keys | {key for key, value in source.items() if value is _UNWRITABLE}:
             frame.info.pop(key, None)
+    if fmt == "HEIF":  # libheif writes an item of a four-byte type only, and raises on another
+        for frame in frames:
+            if "metadata" in frame.info:
+                frame.info["metadata"] = [item for item in frame.info["metadata"]
+                                          if len(str(item.get("type", "")).encode()) == HEIF_ITEM_TYPE_BYTES]
     if fmt == "TIFF":
         # Each later page has its own metadata and compression: the writer would give it the first
         # page's (and a bilevel page's CCITT does not fit a greyscale one).

@@ -1135,6 +1135,25 @@ def test_a_tiffs_exif_directory_counts_with_its_pages():
     assert imaging.flip(encode(picture("RGB"), "TIFF", exif=exif_of_entries(3, in_exif_directory=100))).height
 
 
+def test_a_heic_metadata_item_of_a_type_libheif_cannot_write_is_left_out_not_a_500():
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "camera"
+    source = encode(picture("RGB"), "HEIF", exif=exif.tobytes())
+    item = source.index(b"Exif", source.index(b"infe"))
+    source = source[:item] + "Exiæ".encode("latin-1") + source[item + 4 :]  # a type of five bytes in UTF-8
+    assert [item["type"] for item in decode(source).info["metadata"]] == ["Exiæ"]
+    flipped = imaging.flip(source)
+    assert decode(flipped.data).size == picture("RGB").size
+
+
+@pytest.mark.parametrize(("fmt", "lossless"), [("PNG", True), ("WEBP", True), ("JPEG", False), ("HEIF", True)])
+def test_an_exif_tag_pillow_lists_but_keeps_no_value_of_is_dropped_not_a_500(fmt, lossless):
+    # Pillow keeps no value for a PhotometricInterpretation of two, and raises KeyError on it.
+    exif = b"Exif\0\0II*\0\x08\0\0\0" + struct.pack("<HHHIHH", 1, 262, 3, 2, 2, 2) + bytes(4)
+    result = imaging.flip(encode(picture("RGB"), fmt, exif=exif), lossless=lossless)
+    assert result.dropped == ("exif",)
+
+
 def test_a_large_body_in_another_format_is_named_from_its_header_alone():
     # EPS's plugin reads a whole body line by line when given it: about 20 s for these 25 MB.
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n%%EndComments\n" + b"a\n" * 12_500_000
