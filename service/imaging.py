@@ -154,6 +154,10 @@ TIFF_X_RESOLUTION, TIFF_Y_RESOLUTION, TIFF_RESOLUTION_UNIT = 282, 283, 296
 # A resolution's unit -> the factor to dots per inch: none given (read as inches), inch, centimetre.
 TIFF_DPI_UNITS = {None: 1, 2: 1, 3: 2.54}
 TIFF_ICC_PROFILE = 34675
+TIFF_TILE_WIDTH, TIFF_TILE_LENGTH = 322, 323
+# A tile of up to this many pixels is no matter, whatever the picture's size (writers use 256 or
+# 512 a side): a 313 KB TIFF of 16x16 pixels in one 46,336x46,336 tile held 2 GB as libtiff read it.
+TIFF_ANY_TILE_PIXELS = 1024 * 1024
 # The tags of a TIFF's first directory (what Pillow's getexif() gives for a TIFF) that describe
 # how the source stored its pixels, not what the picture shows: the writer chooses its own.
 # Written back from the source they would override the writer's layout (the source's width over a
@@ -722,6 +726,8 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
             raise TooLarge(
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"
             )
+        if fmt == "TIFF":
+            _check_tiles(frame)
         deadline.check()
         narrowed = narrowed or _narrowed_to_8_bits(frame)
         with _pillow_reading(im):
@@ -733,6 +739,19 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
         durations.append(frame.info.get("duration"))  # WebP sets it only once loaded
         frames.append(flipped)
     return frames, durations, narrowed, later_pages
+
+
+def _check_tiles(page) -> None:
+    """Refuse a TIFF page whose tiles are larger than the page (its sides rounded up to 16, as a
+    tile's are) and than TIFF_ANY_TILE_PIXELS: libtiff decodes a tile at a time into a buffer of
+    the tile's size, which the page's pixels do not count for."""
+    width, length = page.tag_v2.get(TIFF_TILE_WIDTH), page.tag_v2.get(TIFF_TILE_LENGTH)
+    if not width or not length:
+        return
+    page_pixels = -(-page.width // 16) * 16 * -(-page.height // 16) * 16
+    if width * length > max(page_pixels, TIFF_ANY_TILE_PIXELS):
+        raise TooCostly(f"the TIFF's {width:,}x{length:,} tiles are larger than its {page.width:,}x{page.height:,} "
+                        "picture: decoding one costs memory its pixels do not count for")
 
 
 def _later_page_params(page, data, turned) -> dict:

@@ -267,6 +267,16 @@ def _tiff_pages_with(pages: int, entries_for, appended: bytes = b"") -> bytes:
     return bytes(data)
 
 
+def tiff_in_one_tile(size: tuple[int, int], tile: tuple[int, int]) -> bytes:
+    """A greyscale TIFF of `size` in one deflated tile of `tile` pixels (at least as large)."""
+    pixels = zlib.compress(bytes(tile[0] * tile[1]), 9)
+    entries = [(256, 4, size[0]), (257, 4, size[1]), (258, 3, 8), (259, 3, 8), (262, 3, 1), (277, 3, 1),
+               (322, 4, tile[0]), (323, 4, tile[1]), (324, 4, 8), (325, 4, len(pixels))]
+    directory = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", tag, kind, 1, value)
+                                                           for tag, kind, value in entries)
+    return b"II*\0" + struct.pack("<I", 8 + len(pixels)) + pixels + directory + bytes(4)
+
+
 def exif_of_entries(entries: int, in_exif_directory: int = 0) -> bytes:
     """An EXIF (with its "Exif" header) whose first directory has `entries` entries in all, one of
     them the pointer to an EXIF directory of `in_exif_directory` more when that is not 0: private

@@ -39,6 +39,7 @@ from tests.pictures import (
     png_padded,
     psnr,
     strips_tiff,
+    tiff_in_one_tile,
     tiff_of_entries,
     tiff_with_later_pages_exif,
     webp_padded,
@@ -1152,6 +1153,22 @@ def test_an_exif_tag_pillow_lists_but_keeps_no_value_of_is_dropped_not_a_500(fmt
     exif = b"Exif\0\0II*\0\x08\0\0\0" + struct.pack("<HHHIHH", 1, 262, 3, 2, 2, 2) + bytes(4)
     result = imaging.flip(encode(picture("RGB"), fmt, exif=exif), lossless=lossless)
     assert result.dropped == ("exif",)
+
+
+@pytest.mark.parametrize(("size", "tile", "refused"), [
+    ((16, 16), (4_096, 4_096), True),
+    ((16, 16), (1_024, 1_040), True),
+    ((16, 16), (1_024, 1_024), False),  # small enough whatever the picture
+    ((1_100, 1_000), (1_104, 1_008), False),  # the picture's sides rounded up to 16
+    ((1_100, 1_000), (1_120, 1_008), True),
+], ids=str)
+def test_a_tiff_tile_larger_than_its_picture_is_refused_before_it_is_decoded(size, tile, refused):
+    source = tiff_in_one_tile(size, tile)
+    if refused:
+        with pytest.raises(imaging.TooCostly, match="tiles are larger than its"):
+            imaging.flip(source)
+    else:
+        assert decode(imaging.flip(source).data).size == size
 
 
 def test_a_large_body_in_another_format_is_named_from_its_header_alone():
