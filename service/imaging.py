@@ -84,6 +84,12 @@ LIMITS_BYTES_PER_PIXEL = 8
 # bytes a row. Each row counts for this much too.
 ROW_BYTES = 16
 LOSSLESS_WEBP = "lossless WEBP"
+# A run-length coded BMP is decoded by Pillow in Python, a run at a time: 30 to over 100 ns a
+# pixel against a JPEG's 8, and a 124-byte one of 49 million pixels took 7 s. Its pixels count
+# this many times against the pixel limits, for time, not memory.
+RLE_BMP = "run-length BMP"
+SLOW_PIXEL_WEIGHTS = {RLE_BMP: 8}
+BMP_RLE_COMPRESSIONS = (1, 2)  # RLE8, RLE4: the compression field of the BMP's info header
 PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False): 32, ("AVIF", True): 36,
                         ("WEBP", False): 24, ("WEBP", True): 52, (LOSSLESS_WEBP, False): 46, (LOSSLESS_WEBP, True): 54}
 ALPHA_MODES = frozenset({"RGBA", "LA", "RGBa", "La", "PA"})
@@ -668,8 +674,13 @@ def _least_bytes(fmt: str, data: bytes) -> int:
 
 
 def _memory_format(fmt: str, data: bytes) -> str:
-    """The format as PEAK_BYTES_PER_PIXEL names it: WebP's lossless encoder holds more than its lossy one."""
-    return LOSSLESS_WEBP if fmt == "WEBP" and _webp_is_lossless(data) else fmt
+    """The format as PEAK_BYTES_PER_PIXEL and SLOW_PIXEL_WEIGHTS name it: WebP's lossless encoder
+    holds more than its lossy one, a run-length BMP takes longer than another."""
+    if fmt == "WEBP" and _webp_is_lossless(data):
+        return LOSSLESS_WEBP
+    if fmt == "BMP" and int.from_bytes(data[30:34], "little") in BMP_RLE_COMPRESSIONS:
+        return RLE_BMP
+    return fmt
 
 
 def _check_pixels(size: tuple[int, int], mode: str, limits: Limits, memory_format: str,
@@ -683,7 +694,8 @@ def _check_pixels(size: tuple[int, int], mode: str, limits: Limits, memory_forma
     counted = width * height * weight + rows * ROW_BYTES / LIMITS_BYTES_PER_PIXEL
     if width * height * weight > limits.max_pixels:
         alpha = " with alpha" if mode in ALPHA_MODES else ""
-        heavier = (f" for {memory_format} pictures{alpha}: flipping them takes {weight:g} times the memory a pixel"
+        cost = "time" if memory_format in SLOW_PIXEL_WEIGHTS else "memory"
+        heavier = (f" for {memory_format} pictures{alpha}: flipping them takes {weight:g} times the {cost} a pixel"
                    if weight > 1 else "")
         raise TooLarge(
             f"the picture is {width}x{height} = {width * height:,} pixels; "
@@ -699,9 +711,10 @@ def _check_pixels(size: tuple[int, int], mode: str, limits: Limits, memory_forma
 
 
 def pixel_weight(memory_format: str, mode: str) -> float:
-    """How many pixels each of a picture's counts for against the pixel limits (PEAK_BYTES_PER_PIXEL)."""
+    """How many pixels each of a picture's counts for against the pixel limits (PEAK_BYTES_PER_PIXEL,
+    SLOW_PIXEL_WEIGHTS)."""
     peak = PEAK_BYTES_PER_PIXEL.get((memory_format, mode in ALPHA_MODES), LIMITS_BYTES_PER_PIXEL)
-    return max(1.0, peak / LIMITS_BYTES_PER_PIXEL)
+    return max(1.0, peak / LIMITS_BYTES_PER_PIXEL, SLOW_PIXEL_WEIGHTS.get(memory_format, 1))
 
 
 def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_format, data):

@@ -277,6 +277,17 @@ def tiff_in_one_tile(size: tuple[int, int], tile: tuple[int, int]) -> bytes:
     return b"II*\0" + struct.pack("<I", 8 + len(pixels)) + pixels + directory + bytes(4)
 
 
+def bmp_rle8(size: tuple[int, int], run: int) -> bytes:
+    """A grey run-length coded BMP (RLE8) of `size`, each row in runs of `run` pixels of one shade."""
+    width, height = size
+    runs = [(min(run, width - x), x // run % 256) for x in range(0, width, run)]
+    rows = (b"".join(bytes(pair) for pair in runs) + b"\0\0") * height + b"\0\1"  # each row's end, the end
+    palette = b"".join(bytes((shade, shade, shade, 0)) for shade in range(256))
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
+    start = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", start + len(rows), 0, 0, start) + info + palette + rows
+
+
 def exif_of_entries(entries: int, in_exif_directory: int = 0) -> bytes:
     """An EXIF (with its "Exif" header) whose first directory has `entries` entries in all, one of
     them the pointer to an EXIF directory of `in_exif_directory` more when that is not 0: private

@@ -17,6 +17,7 @@ from service.sample import make_sample
 from tests.pictures import (
     SIZE,
     animation,
+    bmp_rle8,
     decode,
     encode,
     exif_of_entries,
@@ -1169,6 +1170,15 @@ def test_a_tiff_tile_larger_than_its_picture_is_refused_before_it_is_decoded(siz
             imaging.flip(source)
     else:
         assert decode(imaging.flip(source).data).size == size
+
+
+def test_a_run_length_bmp_counts_its_pixels_for_the_time_pillow_takes_on_them():
+    # Pillow decodes RLE in Python: a 124-byte BMP of 49 million pixels took 7 s.
+    with pytest.raises(imaging.TooLarge, match="limit is 6,250,000 for run-length BMP pictures"):
+        imaging.flip(bmp_rle8((2_600, 2_500), run=255), limits=replace(imaging.NO_LIMITS, max_pixels=50_000_000))
+    source = bmp_rle8((400, 300), run=16)
+    flipped = imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=50_000_000))
+    assert decode(flipped.data).tobytes() == decode(source).transpose(DOWN).tobytes()
 
 
 def test_a_large_body_in_another_format_is_named_from_its_header_alone():
