@@ -88,7 +88,10 @@ LOSSLESS_WEBP = "lossless WEBP"
 # pixel against a JPEG's 8, and a 124-byte one of 49 million pixels took 7 s. Its pixels count
 # this many times against the pixel limits, for time, not memory.
 RLE_BMP = "run-length BMP"
-SLOW_PIXEL_WEIGHTS = {RLE_BMP: 8}
+# An LZMA-compressed TIFF is written back with LZMA: libtiff's xz encoder takes 70 to 110 ns a
+# pixel, in one call the deadline cannot stop (a 439 KB TIFF of 50 MP took 5.5 s). Likewise.
+LZMA_TIFF = "LZMA-compressed TIFF"
+SLOW_PIXEL_WEIGHTS = {RLE_BMP: 8, LZMA_TIFF: 8}
 BMP_RLE_COMPRESSIONS = (1, 2)  # RLE8, RLE4: the compression field of the BMP's info header
 PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False): 32, ("AVIF", True): 36,
                         ("WEBP", False): 24, ("WEBP", True): 52, (LOSSLESS_WEBP, False): 46, (LOSSLESS_WEBP, True): 54}
@@ -568,7 +571,7 @@ def identify(data: bytes) -> str | None:
 
 def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image, str]:
     """The picture opened, its header checked against the limits; and its memory format."""
-    _check_directories(*tiff.counts(data, limits.max_frames + 1), "the TIFF's pages have")
+    _check_directories(tiff.counts(data, limits.max_frames + 1), "the TIFF's pages have")
     scans, segments = jpeg.counts(data, limits.max_scans, JPEG_MOST_SEGMENTS)
     if scans > limits.max_scans:
         raise TooCostly(f"the JPEG has more than {limits.max_scans:,} scans, the most a picture may have "
@@ -601,8 +604,8 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image
         raise NotAnImage(f"the picture's header is damaged: {exc}") from exc
     if im.format != "TIFF":  # a TIFF's EXIF is its first page's directories, counted above
         for exif in _exifs_of(im, data):
-            _check_directories(*tiff.counts(exif, directories=2), "the picture's EXIF has")
-    memory_format = _memory_format(im.format, data)
+            _check_directories(tiff.counts(exif, directories=2), "the picture's EXIF has")
+    memory_format = _memory_format(im, data)
     _check_pixels(im.size, im.mode, limits, memory_format)
     least = _least_bytes(im.format, data)
     if len(data) < least:
@@ -616,15 +619,18 @@ def _open(data: bytes, limits: Limits, deadline: _Deadline) -> tuple[Image.Image
     return im, memory_format
 
 
-def _check_directories(values: int, entries: int, which_have: str) -> None:
+def _check_directories(held: tiff.Counts, which_have: str) -> None:
     """Refuse TIFF directories (a TIFF's pages, or an EXIF) that cost too much to read: Pillow
-    makes a Python object of every value, and reads every entry in a loop turn or more."""
-    if values > tiff.MOST_VALUES:
-        raise TooCostly(f"{which_have} a tag of {values:,} numbers (a TIFF's strip or tile offsets), more than the "
-                        f"{tiff.MOST_VALUES:,} a picture may have: reading each costs memory before any pixel")
-    if entries > tiff.MOST_ENTRIES:
+    makes a Python object of every number, and reads every entry in a loop turn or more."""
+    if held.largest_tag > tiff.MOST_VALUES:
+        raise TooCostly(f"{which_have} a tag of {held.largest_tag:,} numbers (a TIFF's strip or tile offsets), more "
+                        f"than the {tiff.MOST_VALUES:,} a picture may have: reading each costs memory before any pixel")
+    if held.entries > tiff.MOST_ENTRIES:
         raise TooCostly(f"{which_have} more than {tiff.MOST_ENTRIES:,} tags in all, the most a picture may have "
                         "(a TIFF page or an EXIF has tens): reading each costs time before any pixel")
+    if held.numbers > tiff.MOST_NUMBERS:
+        raise TooCostly(f"{which_have} tags of more than {tiff.MOST_NUMBERS:,} numbers in all (a fraction counting "
+                        "10 each), the most a picture may have: reading each costs time before any pixel")
 
 
 def _exifs_of(im: Image.Image, data: bytes) -> list[bytes]:
@@ -673,14 +679,16 @@ def _least_bytes(fmt: str, data: bytes) -> int:
     return 0
 
 
-def _memory_format(fmt: str, data: bytes) -> str:
+def _memory_format(im: Image.Image, data: bytes) -> str:
     """The format as PEAK_BYTES_PER_PIXEL and SLOW_PIXEL_WEIGHTS name it: WebP's lossless encoder
-    holds more than its lossy one, a run-length BMP takes longer than another."""
-    if fmt == "WEBP" and _webp_is_lossless(data):
+    holds more than its lossy one, a run-length BMP or an LZMA TIFF takes longer than another."""
+    if im.format == "WEBP" and _webp_is_lossless(data):
         return LOSSLESS_WEBP
-    if fmt == "BMP" and int.from_bytes(data[30:34], "little") in BMP_RLE_COMPRESSIONS:
+    if im.format == "BMP" and int.from_bytes(data[30:34], "little") in BMP_RLE_COMPRESSIONS:
         return RLE_BMP
-    return fmt
+    if im.format == "TIFF" and im.info.get("compression") == "lzma":
+        return LZMA_TIFF
+    return im.format
 
 
 def _check_pixels(size: tuple[int, int], mode: str, limits: Limits, memory_format: str,
@@ -733,8 +741,8 @@ def _flip_frames(im, operation, direction, limits, fmt, spans, deadline, memory_
             raise TooLarge(f"the animation has more than {limits.max_frames} frames")
         if fmt == "TIFF" and index:
             later_pages.append(_later_page_params(frame, data, turned=operation in QUARTER_TURNS))
-        total_pixels += _check_pixels(frame.size, frame.mode, limits, memory_format,
-                                      turned=operation in QUARTER_TURNS)
+        page_format = _memory_format(frame, data) if fmt == "TIFF" else memory_format  # each page's compression
+        total_pixels += _check_pixels(frame.size, frame.mode, limits, page_format, turned=operation in QUARTER_TURNS)
         if total_pixels > limits.max_total_pixels:
             raise TooLarge(
                 f"the animation's frames add up to more than {limits.max_total_pixels:,} pixels"

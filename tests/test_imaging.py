@@ -1181,6 +1181,40 @@ def test_a_run_length_bmp_counts_its_pixels_for_the_time_pillow_takes_on_them():
     assert decode(flipped.data).tobytes() == decode(source).transpose(DOWN).tobytes()
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_tags_of_more_numbers_in_all_than_the_bound_are_refused_before_pillow_reads_them(fmt):
+    # Fractions cost Pillow about 12 us each: 800,000 of them in one EXIF (6.4 MB) took 40 s.
+    def with_fractions(count: int) -> bytes:
+        exif = bytearray(exif_of_entries(5, in_exif_directory=5))
+        for index in (0, 1, 2):  # three tags of IFD0 and two of the EXIF directory, at one place
+            struct.pack_into("<HII", exif, 6 + 8 + 2 + 12 * index + 2, 5, count, 8)
+        for index in (0, 1):
+            struct.pack_into("<HII", exif, 6 + 8 + 2 + 12 * 5 + 4 + 2 + 12 * index + 2, 5, count, 8)
+        return encode(picture("RGB"), fmt, exif=bytes(exif + bytes(8 * count)))
+
+    most = tiff.MOST_NUMBERS // 10 // 5  # each of the five tags' fractions
+    with pytest.raises(imaging.TooCostly, match="more than 500,000 numbers in all"):
+        imaging.flip(with_fractions(most + 1))
+    assert imaging.flip(with_fractions(most - 10)).format == fmt
+
+
+@pytest.mark.parametrize("page", [0, 1])
+def test_an_lzma_tiff_page_counts_its_pixels_for_the_time_its_encoder_takes(page):
+    # libtiff's xz encoder took 5.5 s on 50 MP, in one call the deadline cannot stop.
+    pages = [Image.new("L", (16, 16)), Image.new("L", (16, 16))]
+    pages[page] = Image.new("L", (2_600, 2_500))
+    pages[page].encoderinfo = {"compression": "lzma"}
+    source = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:],
+                    compression="lzma" if page == 0 else "tiff_deflate")
+    with pytest.raises(imaging.TooLarge, match="limit is 6,250,000 for LZMA-compressed TIFF pictures"):
+        imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=50_000_000))
+    pages[page] = Image.new("L", (1_000, 1_000))
+    pages[page].encoderinfo = {"compression": "lzma"}
+    source = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:],
+                    compression="lzma" if page == 0 else "tiff_deflate")
+    assert imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=50_000_000)).frames == 2
+
+
 def test_a_large_body_in_another_format_is_named_from_its_header_alone():
     # EPS's plugin reads a whole body line by line when given it: about 20 s for these 25 MB.
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n%%EndComments\n" + b"a\n" * 12_500_000

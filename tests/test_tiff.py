@@ -1,4 +1,5 @@
-"""A TIFF's directories read without decoding: the most values one tag holds, and their entries."""
+"""A TIFF's directories read without decoding: the most numbers one tag holds, their entries, and
+all their numbers."""
 
 import struct
 
@@ -12,46 +13,46 @@ from tests.pictures import encode, exif_of_entries, photo, strips_tiff, tiff_of_
 @pytest.mark.parametrize("kwargs", [{}, {"compression": "tiff_lzw"}, {"big_tiff": True}],
                          ids=["plain", "lzw", "bigtiff"])
 def test_what_pillow_writes_has_few_values_a_tag_and_few_tags(kwargs):
-    values, entries = tiff.counts(encode(photo((300, 200)), "TIFF", **kwargs), directories=5)
+    values, entries, _ = tiff.counts(encode(photo((300, 200)), "TIFF", **kwargs), directories=5)
     assert 1 <= values <= 3
     assert 8 <= entries <= 20
 
 
 @pytest.mark.parametrize("order", ["<", ">"])
 def test_the_strips_of_a_crafted_tiff_are_counted(order):
-    assert tiff.counts(strips_tiff(5000, order), directories=1)[0] == 5000
+    assert tiff.counts(strips_tiff(5000, order), directories=1).largest_tag == 5000
 
 
 def test_later_pages_are_read_up_to_the_bound():
     pages = encode(photo((30, 20)), "TIFF", save_all=True, append_images=[photo((30, 20))] * 3)
-    values, entries = tiff.counts(pages, directories=4)
+    values, entries, _ = tiff.counts(pages, directories=4)
     assert values == 3
-    assert entries == 4 * tiff.counts(encode(photo((30, 20)), "TIFF"), directories=1)[1]
-    assert tiff.counts(pages, directories=2)[1] == entries // 2
+    assert entries == 4 * tiff.counts(encode(photo((30, 20)), "TIFF"), directories=1).entries
+    assert tiff.counts(pages, directories=2).entries == entries // 2
 
 
 @pytest.mark.parametrize("pages", [1, 3])
 def test_the_entries_of_every_page_are_counted(pages):
-    assert tiff.counts(tiff_of_entries(pages, 1_000), directories=pages)[1] == 1_000
+    assert tiff.counts(tiff_of_entries(pages, 1_000), directories=pages).entries == 1_000
 
 
 def test_counting_entries_stops_past_the_bound():
-    assert tiff.counts(tiff_of_entries(2, 3 * tiff.MOST_ENTRIES), directories=2)[1] <= 2 * tiff.MOST_ENTRIES
+    assert tiff.counts(tiff_of_entries(2, 3 * tiff.MOST_ENTRIES), directories=2).entries <= 2 * tiff.MOST_ENTRIES
 
 
 def test_the_exif_directory_of_an_exif_is_counted():
     exif = exif_of_entries(10, in_exif_directory=5).removeprefix(b"Exif\0\0")  # an EXIF is a TIFF
-    assert tiff.counts(exif, directories=1) == (1, 15)
+    assert tiff.counts(exif, directories=1).entries == 15
 
 
 def test_the_exif_directory_of_the_first_page_is_counted_and_a_later_pages_not():
     # Both pages get the EXIF (Pillow writes a page with the first's settings): three entries in
     # each page's own directory (two tags and the pointer), and 40 in each EXIF directory.
     page = Image.new("L", (4, 4))
-    own = tiff.counts(encode(page, "TIFF"), directories=1)[1]
+    own = tiff.counts(encode(page, "TIFF"), directories=1).entries
     pages = encode(page, "TIFF", save_all=True, append_images=[page.copy()],
                    exif=exif_of_entries(3, in_exif_directory=40))
-    assert tiff.counts(pages, directories=2)[1] == 2 * (own + 3) + 40
+    assert tiff.counts(pages, directories=2).entries == 2 * (own + 3) + 40
 
 
 @pytest.mark.parametrize(("kind", "count", "counted"), [
@@ -62,7 +63,7 @@ def test_only_the_values_pillow_reads_one_by_one_are_counted(kind, count, counte
     # reads BYTE, ASCII and UNDEFINED values as one bytes or str.
     exif = bytearray(exif_of_entries(3).removeprefix(b"Exif\0\0") + bytes(400))
     struct.pack_into("<HI", exif, 8 + 2 + 2, kind, count)  # the first entry's type and count
-    assert tiff.counts(bytes(exif), directories=1)[0] == counted
+    assert tiff.counts(bytes(exif), directories=1).largest_tag == counted
 
 
 def _pointing(value_type: int, field: bytes, pointers: int = 1, big: bool = False) -> bytes:
@@ -89,7 +90,7 @@ def _pointing(value_type: int, field: bytes, pointers: int = 1, big: bool = Fals
 ], ids=["long", "ifd", "short", "classic-long8", "bigtiff-long", "bigtiff-long8"])
 def test_a_pointer_is_read_by_its_type_as_pillow_reads_it(value_type, field, big):
     data = _pointing(value_type, field, big=big)
-    assert tiff.counts(data, directories=1)[1] == 1 + 100
+    assert tiff.counts(data, directories=1).entries == 1 + 100
     if not big:  # Pillow reads an EXIF of a classic TIFF's shape
         exif = Image.Exif()
         exif.load(data)
@@ -98,10 +99,20 @@ def test_a_pointer_is_read_by_its_type_as_pillow_reads_it(value_type, field, big
 
 def test_a_directory_pointed_to_twice_is_counted_twice():
     # The EXIF and GPS pointers at one directory: Pillow reads it for each.
-    assert tiff.counts(_pointing(4, struct.pack("<I", 4096), pointers=2), directories=1)[1] == 2 + 200
+    assert tiff.counts(_pointing(4, struct.pack("<I", 4096), pointers=2), directories=1).entries == 2 + 200
 
 
 @pytest.mark.parametrize("data", [b"", b"II*\0", b"II*\0\xff\xff\xff\xff" + b"\0" * 8, b"MM\0+\0\x08\0\0" + b"\xff" * 8,
                                   b"\x89PNG\r\n\x1a\n" + b"\0" * 20])
-def test_what_is_not_a_readable_tiff_has_no_values_and_no_entries(data):
-    assert tiff.counts(data, directories=3) == (0, 0)
+def test_what_is_not_a_readable_tiff_holds_nothing(data):
+    assert tiff.counts(data, directories=3) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(("value_type", "weight"), [(3, 1), (4, 1), (11, 1), (12, 2), (5, 10), (10, 10), (7, 0)],
+                         ids=["short", "long", "float", "double", "rational", "srational", "undefined"])
+def test_the_numbers_of_all_tags_are_counted_by_their_weight(value_type, weight):
+    # Three tags, each of 100 values at one place in the data (Pillow reads each).
+    exif = bytearray(exif_of_entries(3).removeprefix(b"Exif\0\0") + bytes(800))
+    for index in range(3):
+        struct.pack_into("<HII", exif, 8 + 2 + 12 * index + 2, value_type, 100, 60)
+    assert tiff.counts(bytes(exif), directories=1).numbers == 3 * 100 * weight
