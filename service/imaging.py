@@ -84,6 +84,12 @@ LIMITS_BYTES_PER_PIXEL = 8
 # bytes a row. Each row counts for this much too.
 ROW_BYTES = 16
 LOSSLESS_WEBP = "lossless WEBP"
+# A JPEG's coefficients take 2 bytes a sample: TurboJPEG's lossless transform holds the source's
+# and the flipped ones, a progressive decode holds them beside the decoded picture. 4:2:0 colour
+# (1.5 samples a pixel) fits the 8 bytes the limits count a pixel for (6.6 lossless, 8.0
+# re-encoded, at 24 MP); 4:4:4 colour and full-resolution CMYK held 13 and 17 lossless (10.4 and
+# 12.6 re-encoded): a 50 MP CMYK JPEG of 2.3 MB held 790 MB.
+JPEG_3_SAMPLES, JPEG_4_SAMPLES = "JPEG of 3 samples a pixel", "JPEG of 4 samples a pixel"
 # A run-length coded BMP is decoded by Pillow in Python, a run at a time: 30 to over 100 ns a
 # pixel against a JPEG's 8, and a 124-byte one of 49 million pixels took 7 s. Its pixels count
 # this many times against the pixel limits, for time, not memory.
@@ -94,7 +100,8 @@ LZMA_TIFF = "LZMA-compressed TIFF"
 SLOW_PIXEL_WEIGHTS = {RLE_BMP: 8, LZMA_TIFF: 8}
 BMP_RLE_COMPRESSIONS = (1, 2)  # RLE8, RLE4: the compression field of the BMP's info header
 PEAK_BYTES_PER_PIXEL = {("HEIF", False): 10, ("HEIF", True): 45, ("AVIF", False): 32, ("AVIF", True): 36,
-                        ("WEBP", False): 24, ("WEBP", True): 52, (LOSSLESS_WEBP, False): 46, (LOSSLESS_WEBP, True): 54}
+                        ("WEBP", False): 24, ("WEBP", True): 52, (LOSSLESS_WEBP, False): 46, (LOSSLESS_WEBP, True): 54,
+                        (JPEG_3_SAMPLES, False): 13, (JPEG_4_SAMPLES, False): 17}
 ALPHA_MODES = frozenset({"RGBA", "LA", "RGBa", "La", "PA"})
 AVIF_SPEED = 8
 HEIF_ITEM_TYPE_BYTES = 4  # a metadata item's type is a four-character code
@@ -681,13 +688,17 @@ def _least_bytes(fmt: str, data: bytes) -> int:
 
 def _memory_format(im: Image.Image, data: bytes) -> str:
     """The format as PEAK_BYTES_PER_PIXEL and SLOW_PIXEL_WEIGHTS name it: WebP's lossless encoder
-    holds more than its lossy one, a run-length BMP or an LZMA TIFF takes longer than another."""
+    holds more than its lossy one, a JPEG of more samples a pixel more than one of fewer, a
+    run-length BMP or an LZMA TIFF takes longer than another."""
     if im.format == "WEBP" and _webp_is_lossless(data):
         return LOSSLESS_WEBP
     if im.format == "BMP" and int.from_bytes(data[30:34], "little") in BMP_RLE_COMPRESSIONS:
         return RLE_BMP
     if im.format == "TIFF" and im.info.get("compression") == "lzma":
         return LZMA_TIFF
+    if im.format in ("JPEG", "MPO"):
+        samples = jpeg.samples_per_pixel(data)
+        return JPEG_4_SAMPLES if samples > 3 else JPEG_3_SAMPLES if samples > 2 else im.format
     return im.format
 
 

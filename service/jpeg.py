@@ -87,6 +87,17 @@ def least_bytes(data: bytes) -> int:
     return scan_start + _ceil(blocks, 8)
 
 
+def samples_per_pixel(data: bytes) -> float:
+    """How many samples (of all components) the first frame holds a pixel: 1 for grey, 1.5 for
+    4:2:0 colour, 3 for 4:4:4, 4 for CMYK at full resolution; 0 when no frame is found."""
+    frame = next((data[start + 4 : end] for marker, start, end in segments(data) if marker in START_OF_FRAME), None)
+    if frame is None or len(frame) < 6:
+        return 0
+    factors = [(byte >> 4, byte & 15) for byte in frame[7 : 6 + 3 * frame[5] : 3]]
+    most_h, most_v = max((h for h, _ in factors), default=0), max((v for _, v in factors), default=0)
+    return sum(h * v for h, v in factors) / (most_h * most_v) if most_h and most_v else 0
+
+
 def _ceil(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
 

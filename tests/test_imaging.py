@@ -1215,6 +1215,20 @@ def test_an_lzma_tiff_page_counts_its_pixels_for_the_time_its_encoder_takes(page
     assert imaging.flip(source, limits=replace(imaging.NO_LIMITS, max_pixels=50_000_000)).frames == 2
 
 
+@pytest.mark.parametrize(("mode", "params", "refused"), [
+    ("RGB", {}, False), ("RGB", {"subsampling": 0}, True), ("CMYK", {}, True), ("L", {}, False),
+], ids=["420", "444", "cmyk", "grey"])
+def test_a_jpeg_of_more_samples_a_pixel_counts_its_pixels_for_more(mode, params, refused):
+    # 10,000 pixels against a limit of 12,000: 13/8 and 17/8 of them are over it.
+    source = encode(photo((100, 100)).convert(mode), "JPEG", **params)
+    limits = replace(imaging.NO_LIMITS, max_pixels=12_000)
+    if refused:
+        with pytest.raises(imaging.TooLarge, match="JPEG of [34] samples a pixel pictures"):
+            imaging.flip(source, limits=limits)
+    else:
+        assert imaging.flip(source, limits=limits).height == 100
+
+
 def test_a_large_body_in_another_format_is_named_from_its_header_alone():
     # EPS's plugin reads a whole body line by line when given it: about 20 s for these 25 MB.
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n%%EndComments\n" + b"a\n" * 12_500_000
@@ -1777,6 +1791,31 @@ def test_a_flip_holds_at_most_the_memory_its_pixels_count_for(tmp_path, fmt, mod
     print(f"{fmt} {mode}: one flip of {pixels / 1e6:.1f} MP held {peak / 2**20:.0f} MiB at most, "
           f"{peak / pixels:.1f} bytes a pixel (counted as {allowed})")
     assert peak < allowed * pixels + 16 * 2**20  # and the codecs' fixed buffers
+
+
+THREE_SAMPLES, FOUR_SAMPLES = (imaging.PEAK_BYTES_PER_PIXEL[kind, False]
+                               for kind in (imaging.JPEG_3_SAMPLES, imaging.JPEG_4_SAMPLES))
+
+
+@pytest.mark.parametrize(("mode", "params", "lossless", "allowed"), [
+    ("RGB", {}, True, imaging.LIMITS_BYTES_PER_PIXEL),  # 4:2:0, as cameras write
+    ("RGB", {"progressive": True}, False, imaging.LIMITS_BYTES_PER_PIXEL),
+    ("RGB", {"subsampling": 0}, True, THREE_SAMPLES),
+    ("RGB", {"subsampling": 0, "progressive": True}, False, THREE_SAMPLES),
+    ("CMYK", {}, True, FOUR_SAMPLES),
+    ("CMYK", {"progressive": True}, False, FOUR_SAMPLES),
+], ids=["420-lossless", "420-progressive", "444-lossless", "444-progressive", "cmyk-lossless", "cmyk-progressive"])
+def test_a_jpeg_flip_holds_at_most_the_memory_its_samples_count_for(tmp_path, mode, params, lossless, allowed):
+    size = (2016, 1512)
+    source = tmp_path / "photo.jpg"
+    source.write_bytes(encode(decode(make_sample(*size)).convert(mode), "JPEG", quality=90, **params))
+    script = PHONE_PEAK_SCRIPT.replace("imaging.flip(data)", f"imaging.flip(data, lossless={lossless})")
+    done = subprocess.run([sys.executable, "-c", script, str(source)], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent, env=glibc_environment())
+    assert done.returncode == 0, done.stderr
+    peak, pixels = int(done.stdout), size[0] * size[1]
+    print(f"JPEG {mode} {params} lossless={lossless}: {peak / pixels:.1f} bytes a pixel (counted as {allowed})")
+    assert peak < allowed * pixels + 16 * 2**20
 
 
 def _damaged_phone_pictures() -> dict[str, bytes]:

@@ -111,3 +111,15 @@ def test_segments_besides_scans_and_their_tables_are_counted_and_counting_stops_
     assert jpeg.counts(many, most_scans=10_000, most_segments=10) == (501, 0)
     assert jpeg.counts(many, most_scans=100, most_segments=10_000) == (101, 0)
     assert jpeg.counts(b"not a jpeg", most_scans=100, most_segments=100) == (0, 0)
+
+
+@pytest.mark.parametrize(("mode", "params", "samples"), [
+    ("L", {}, 1), ("RGB", {}, 1.5), ("RGB", {"subsampling": 1}, 2), ("RGB", {"subsampling": 0}, 3),
+    ("CMYK", {}, 4), ("RGB", {"progressive": True}, 1.5),
+], ids=["grey", "420", "422", "444", "cmyk", "progressive-420"])
+def test_samples_per_pixel_come_from_the_frame_header(mode, params, samples):
+    assert jpeg.samples_per_pixel(encode(photo((64, 48)).convert(mode), "JPEG", **params)) == samples
+
+
+def test_no_frame_no_samples():
+    assert jpeg.samples_per_pixel(b"\xff\xd8\xff\xd9") == 0
