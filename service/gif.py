@@ -104,6 +104,32 @@ class Gif:
             position = end
 
 
+def sub_blocks(data: bytes, stop_after: int) -> int:
+    """How many sub-blocks the GIF's extensions and images have in all (Pillow reads an
+    extension's one Python loop turn each); counting stops once it passes `stop_after`, or where a
+    block is cut short."""
+    counted = 0
+    position = HEADER + _table_size(data[10]) if len(data) >= HEADER else len(data)
+    while position < len(data) and data[position] != TRAILER and counted <= stop_after:
+        if data[position] == EXTENSION:
+            position += 2  # the introducer and the label
+        elif data[position] == IMAGE and position + 10 <= len(data):
+            position += 10 + _table_size(data[position + 9]) + 1  # the descriptor, its colours, the LZW code size
+        elif data[position] == IMAGE:
+            break
+        else:
+            found = _BLOCK_START.search(data, position)
+            position = found.start() if found else len(data)
+            continue
+        while position < len(data) and counted <= stop_after:
+            size = data[position]
+            position += 1 + size
+            counted += 1
+            if not size:
+                break
+    return counted
+
+
 def read(data: bytes) -> Gif:
     """The GIF in `data`; its blocks are read as they are walked (Gif.blocks)."""
     if len(data) < HEADER:

@@ -305,6 +305,12 @@ def exif_of_entries(entries: int, in_exif_directory: int = 0) -> bytes:
     return b"Exif\0\0" + data
 
 
+def gif_comment_of_sub_blocks(sub_blocks: int) -> bytes:
+    """A 16x16 GIF followed by a comment of `sub_blocks` one-byte sub-blocks (allowed, and kept)."""
+    data = encode(picture("P", (16, 16)), "GIF")
+    return data[:-1] + b"!\xfe" + b"\x01c" * sub_blocks + b"\x00" + data[-1:]  # before the trailer
+
+
 def gif_padded(extensions: int) -> bytes:
     """A 16x16 GIF followed by `extensions` empty comment extensions (allowed, and skipped)."""
     data = encode(picture("P", (16, 16)), "GIF")

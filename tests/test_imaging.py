@@ -21,6 +21,7 @@ from tests.pictures import (
     decode,
     encode,
     exif_of_entries,
+    gif_comment_of_sub_blocks,
     gif_declaring,
     gif_of,
     gif_padded,
@@ -324,6 +325,15 @@ def test_a_gif_of_more_blocks_than_any_animation_has_is_refused_before_its_pixel
     with pytest.raises(imaging.TooCostly, match="blocks"):
         imaging.flip(gif_padded(imaging.GIF_MOST_BLOCKS))
     flipped = imaging.flip(gif_padded(imaging.GIF_MOST_BLOCKS - 10))
+    assert decode(flipped.data).convert("RGB").tobytes() == picture("P", (16, 16)).convert("RGB").transpose(
+        DOWN).tobytes()
+
+
+def test_a_gif_of_more_sub_blocks_than_any_picture_has_is_refused_before_pillow_reads_them():
+    # Pillow reads an extension a sub-block a loop turn: 12 million one-byte ones took the deadline.
+    with pytest.raises(imaging.TooCostly, match="more than 200,000 sub-blocks"):
+        imaging.flip(gif_comment_of_sub_blocks(imaging.GIF_MOST_SUB_BLOCKS))
+    flipped = imaging.flip(gif_comment_of_sub_blocks(imaging.GIF_MOST_SUB_BLOCKS - 100))
     assert decode(flipped.data).convert("RGB").tobytes() == picture("P", (16, 16)).convert("RGB").transpose(
         DOWN).tobytes()
 
@@ -1621,6 +1631,13 @@ def test_heic_and_avif_keep_their_chroma_subsampling(fmt, mode, chroma):
         assert flipped.info.get("chroma") == (int(chroma.replace(":", "")) if mode != "L" else None)
     else:
         assert imaging._av1_subsampling(imaging.flip(source).data) == (chroma if mode != "L" else None)
+
+
+@pytest.mark.parametrize(("boxes_before", "found"), [(imaging.AV1C_MOST - 1, "4:4:4"), (imaging.AV1C_MOST, None)])
+def test_an_avifs_subsampling_is_looked_for_in_its_first_configuration_boxes_only(boxes_before, found):
+    # 24 MB of configuration boxes took 2 s to look through; a picture has one an image.
+    monochrome, full = b"av1C\x81\x00\x10\x00", b"av1C\x81\x00\x00\x00"
+    assert imaging._av1_subsampling(monochrome * boxes_before + full) == found
 
 
 @pytest.mark.parametrize("fmt", PHONE_FORMATS)
