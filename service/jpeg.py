@@ -78,9 +78,7 @@ def least_bytes(data: bytes) -> int:
     if frame is None or scan_start is None or len(frame) < 6:
         return 0
     height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
-    # Each component: (horizontal, vertical) sampling factors, the high and low nibble of its second byte.
-    factors = [(byte >> 4, byte & 15) for byte in frame[7 : 6 + 3 * frame[5] : 3]]
-    most_h, most_v = max((h for h, _ in factors), default=0), max((v for _, v in factors), default=0)
+    factors, most_h, most_v = _sampling(frame)
     if not most_h or not most_v:
         return 0
     blocks = sum(_ceil(_ceil(width * h, most_h), 8) * _ceil(_ceil(height * v, most_v), 8) for h, v in factors)
@@ -93,9 +91,15 @@ def samples_per_pixel(data: bytes) -> float:
     frame = next((data[start + 4 : end] for marker, start, end in segments(data) if marker in START_OF_FRAME), None)
     if frame is None or len(frame) < 6:
         return 0
-    factors = [(byte >> 4, byte & 15) for byte in frame[7 : 6 + 3 * frame[5] : 3]]
-    most_h, most_v = max((h for h, _ in factors), default=0), max((v for _, v in factors), default=0)
+    factors, most_h, most_v = _sampling(frame)
     return sum(h * v for h, v in factors) / (most_h * most_v) if most_h and most_v else 0
+
+
+def _sampling(frame: bytes) -> tuple[list[tuple[int, int]], int, int]:
+    """A frame header's components' (horizontal, vertical) sampling factors (the high and low
+    nibble of each one's second byte), and the largest of each."""
+    factors = [(byte >> 4, byte & 15) for byte in frame[7 : 6 + 3 * frame[5] : 3]]
+    return factors, max((h for h, _ in factors), default=0), max((v for _, v in factors), default=0)
 
 
 def _ceil(numerator: int, denominator: int) -> int:
