@@ -13,27 +13,27 @@ RUN /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requi
     && /opt/venv/bin/pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}
-# TurboJPEG for lossless JPEG flips (service/jpeg_lossless.py, through ctypes). First: it changes
-# least, so a change below it never runs apt-get again.
+# TurboJPEG for lossless JPEG flips (service/jpeg_lossless.py, through ctypes), and jemalloc, the
+# replica's allocator (below). First: it changes least, so a change below it never runs apt-get
+# again.
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends libturbojpeg0 \
+    && apt-get install --yes --no-install-recommends libturbojpeg0 libjemalloc2 \
     && rm -rf /var/lib/apt/lists/*
-# MALLOC_ARENA_MAX: two glibc arenas instead of 8 per core, which together with Pillow's kept
-# blocks held memory flat under steady load. MALLOC_MMAP_THRESHOLD_: bodies and answers over
-# 8 MiB get pages of their own, handed back when freed; glibc's sliding threshold otherwise puts
-# them in the heap, which floods of 20 MB uploads fragment (python -m loadtest.memory).
-# MALLOC_TRIM_THRESHOLD_: up to 16 MiB free at the top of a heap (a request's blocks under the
-# mmap threshold) is kept for the next request, not handed back and faulted in again, which
-# costs a replica 7 to 9 % more CPU a flip (python -m loadtest.containers).
+# jemalloc keeps the pages a flip frees and hands them to the next flip, so libjpeg's 150 MB of
+# coefficient arrays are not mapped and faulted in afresh 4 KiB at a time (a third of a lossless
+# flip's CPU under glibc); a background thread hands pages unused for a while back to the system,
+# so an idle replica shrinks again. oversize_threshold:0: large blocks too (jemalloc's own default
+# purges those at once); narenas:2: two pools of kept pages, not one for each of 4 x cores;
+# muzzy_decay_ms:0: returned pages leave the container's memory at once (MADV_DONTNEED). A bare
+# soname, which the loader finds on every architecture (and on a host, for loadtest.memory).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
     FLIP_SAMPLE_PATH=/srv/flipfleet/sample.jpg \
-    MALLOC_ARENA_MAX=2 \
-    MALLOC_MMAP_THRESHOLD_=8388608 \
-    MALLOC_TRIM_THRESHOLD_=16777216
+    LD_PRELOAD=libjemalloc.so.2 \
+    MALLOC_CONF=background_thread:true,narenas:2,oversize_threshold:0,dirty_decay_ms:10000,muzzy_decay_ms:0
 # A fixed numeric uid, so compose and the host can refer to it.
 RUN groupadd --system --gid 10001 flipfleet \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin flipfleet

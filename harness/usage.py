@@ -58,6 +58,16 @@ def container_seconds(container_id: str) -> float | None:
     return None
 
 
+def container_faults(container_id: str) -> int | None:
+    """A container's page faults so far (minor and major), from its memory cgroup's memory.stat."""
+    stat = _cgroup_file(container_id, "memory.stat", "memory.stat")
+    if stat is None:
+        return None
+    values = dict(line.split() for line in stat.read_text().splitlines())
+    found = values.get("total_pgfault", values.get("pgfault"))
+    return None if found is None else int(found)
+
+
 def snapshot(containers: dict[str, list[str]]) -> dict:
     """CPU seconds so far, by part: each compose service (its containers summed), the Docker
     engine, docker-proxy, and this process with the children it has waited for (the load

@@ -3,9 +3,9 @@ beside the same replica with one thing changed, each in a compose project of its
 
     python -m loadtest.containers [--rounds N] [--flips N]
 
-Variants: as compose.yaml runs it (the image's glibc settings, a bridge network, Docker's
-seccomp profile, its memory limit); with glibc's own trim threshold (128 KiB) instead of the
-image's MALLOC_TRIM_THRESHOLD_; on the host's network (no veth, no bridge); without a seccomp
+Variants: as compose.yaml runs it (the image's jemalloc, a bridge network, Docker's seccomp
+profile, its memory limit); with glibc's malloc instead, tuned for a replica (loadtest.memory's
+GLIBC_TUNED); on the host's network (no veth, no bridge); without a seccomp
 filter; and on a bridge network of 65,520-byte frames (loopback's size) instead of Ethernet's
 1,500. Round by round, in a rotating order so that machine noise hits all alike, each replica
 gets one client posting the sample --flips times on each JPEG path (lossless and re-encoded)
@@ -31,19 +31,18 @@ from harness import wait_for
 from harness.compose import Stack, build_images, check_docker, run
 from harness.usage import container_seconds
 from loadtest import flip_cpu
+from loadtest.memory import GLIBC_TUNED
 from loadtest.overhead import post_flip
-from service.memory import GLIBC_TRIM_THRESHOLD
 from service.sample import make_sample
 
 PATHS = ("lossless", "re-encoded")
-GLIBC_TRIM = str(GLIBC_TRIM_THRESHOLD)
 AS_COMPOSE = "as compose.yaml runs it"
 # Each variant: what its override file adds to compose.yaml's `web` (and networks; compose adds
 # list items such as security_opt to compose.yaml's), beyond the healthcheck turned off in all.
 # {port} is a free port of the host, for the host network.
 VARIANTS: dict[str, dict] = {
     AS_COMPOSE: {},
-    "glibc's trim threshold": {"services": {"web": {"environment": {"MALLOC_TRIM_THRESHOLD_": GLIBC_TRIM}}}},
+    "glibc, tuned": {"services": {"web": {"environment": {"LD_PRELOAD": "", **GLIBC_TUNED}}}},
     "host network": {"services": {"web": {"network_mode": "host", "environment": {"PORT": "{port}"}}}},
     "no seccomp filter": {"services": {"web": {"security_opt": ["seccomp=unconfined"]}}},
     "65,520-byte frames": {"networks": {"default": {"driver_opts": {"com.docker.network.driver.mtu": "65520"}}}},

@@ -1,6 +1,6 @@
 """What the service costs above Pillow's own work, for the sample photo; and each format's paths.
 
-    python -m loadtest.overhead [--rounds N] [--format-rounds N] [--glibc-rounds N] [--cpu-rounds N]
+    python -m loadtest.overhead [--rounds N] [--format-rounds N] [--allocator-rounds N] [--cpu-rounds N]
 
 Interleaves, round by round so that machine noise hits all alike: Pillow alone (decode, flip,
 encode with the source's tables), service.imaging.flip, one POST /flip of the same bytes to
@@ -17,14 +17,15 @@ Then, per format (the sample JPEG; HEIC and AVIF made from it at a phone's 12 MP
 side: Pillow alone, imaging.flip re-encoding, and for JPEG the lossless path, each timed the
 same way (medians over --format-rounds), with its peak memory: how far a fresh process's
 resident memory rises above what it holds before the flip, for one flip (no Pillow blocks kept,
-glibc set as the image sets it: loadtest.memory.IMAGE_ENV).
+the allocator set as the image sets it: loadtest.memory.IMAGE_ENV).
 
-Last, glibc's settings side by side: the sample's lossless and re-encoded flips, each in fresh
-processes set as the image sets glibc, with each of loadtest.memory's variants, and at glibc's
-defaults, interleaved (--glibc-rounds): the CPU per flip of each against the image's.
+Last, allocators side by side: the sample's lossless and re-encoded flips, each in fresh
+processes under each of loadtest.memory's variants (the image's jemalloc, jemalloc's defaults,
+glibc tuned, glibc's defaults), interleaved (--allocator-rounds): the CPU per flip of each against
+the image's.
 
-With --cpu-rounds N, only CPU instead of time: a `python -m service` set up as the image sets
-glibc, its process's CPU seconds around POST /flip on each JPEG path, against the same flip alone
+With --cpu-rounds N, only CPU instead of time: a `python -m service` with the allocator the image
+sets, its process's CPU seconds around POST /flip on each JPEG path, against the same flip alone
 in a fresh process under the same settings, interleaved: what the service's HTTP work costs.
 """
 
@@ -47,7 +48,7 @@ from PIL import Image, JpegImagePlugin
 from harness.service import running_service
 from harness.usage import process_seconds
 from loadtest.flip_cpu import cpu_per_flip
-from loadtest.memory import IMAGE_ENV, VARIANTS, glibc_environment
+from loadtest.memory import IMAGE_ENV, VARIANTS, allocator_environment
 from service import imaging
 from service.config import Settings
 from service.imaging import keep_image_memory
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="measured rounds (default 15)")
     parser.add_argument("--format-rounds", type=int, default=5,
                         help="measured rounds of the per-format comparison (default 5)")
-    parser.add_argument("--glibc-rounds", type=int, default=3,
-                        help="rounds of the comparison of glibc's settings (default 3; 0 skips it)")
+    parser.add_argument("--allocator-rounds", type=int, default=3,
+                        help="rounds of the comparison of allocators (default 3; 0 skips it)")
     parser.add_argument("--peak-of", nargs=2, metavar=("PATH_NAME", "FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--cpu-of", metavar="PATH_NAME", help=argparse.SUPPRESS)
     parser.add_argument("--cpu-rounds", type=int, default=0,
@@ -177,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
           f"   {median['metrics'] / median['http']:.3%} of POST /flip (goal: at most 2 %)")
     print()
     compare_paths(data, args.format_rounds)
-    if args.glibc_rounds:
+    if args.allocator_rounds:
         print()
-        compare_glibc(args.glibc_rounds)
+        compare_allocators(args.allocator_rounds)
     return 0
 
 
@@ -254,45 +255,45 @@ def compare_paths(sample: bytes, rounds: int) -> None:
                   f"   peak {peak / 2**20:4.0f} MiB, {peak / (im.width * im.height):4.1f} bytes a pixel")
 
 
-# glibc's settings compared, from the image's own (loadtest.memory) to glibc's defaults.
-GLIBC_VARIANTS = {**VARIANTS, "glibc's defaults": {}}
+# The allocators compared, from the image's own (loadtest.memory) to glibc's defaults.
+ALLOCATOR_VARIANTS = VARIANTS
 FLIPS_PER_PROCESS = 4
 
 
-def compare_glibc(rounds: int) -> None:
-    """The sample's flip on each JPEG path in a fresh process under each of GLIBC_VARIANTS, the
+def compare_allocators(rounds: int) -> None:
+    """The sample's flip on each JPEG path in a fresh process under each of ALLOCATOR_VARIANTS, the
     processes interleaved round by round: CPU seconds per flip, against the image's settings."""
-    keys = [(name, variant) for name in ("lossless", "re-encoded") for variant in GLIBC_VARIANTS]
+    keys = [(name, variant) for name in ("lossless", "re-encoded") for variant in ALLOCATOR_VARIANTS]
     times: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
     for round_number in range(rounds):
         shift = round_number % len(keys)
         for name, variant in keys[shift:] + keys[:shift]:
-            times[name, variant].append(cpu_alone(name, GLIBC_VARIANTS[variant]))
-    print(f"glibc's settings: the sample's flip, CPU per flip (median of {rounds} fresh processes, "
+            times[name, variant].append(cpu_alone(name, ALLOCATOR_VARIANTS[variant]))
+    print(f"Allocators: the sample's flip, CPU per flip (median of {rounds} fresh processes, "
           f"{FLIPS_PER_PROCESS} flips each after a first)")
     for name in ("lossless", "re-encoded"):
         image = statistics.median(times[name, "as the image runs it"])
-        for variant, env in GLIBC_VARIANTS.items():
+        for variant, env in ALLOCATOR_VARIANTS.items():
             median = statistics.median(times[name, variant])
             settings = " ".join(f"{key}={value}" for key, value in env.items()) or "-"
             print(f"  {name:<10} {variant:<22} {median * 1000:6.1f} ms  x{median / image:.3f}   {settings}")
 
 
-def cpu_alone(name: str, glibc: dict[str, str]) -> float:
-    """CPU seconds of one flip of the sample on path `name`, in a fresh process set up with `glibc`."""
+def cpu_alone(name: str, allocator: dict[str, str]) -> float:
+    """CPU seconds of one flip of the sample on path `name`, in a fresh process with `allocator`."""
     done = subprocess.run([sys.executable, "-m", "loadtest.overhead", "--cpu-of", name], capture_output=True,
-                          text=True, timeout=600, check=True, env=glibc_environment(glibc))
+                          text=True, timeout=600, check=True, env=allocator_environment(allocator))
     return float(done.stdout.split()[-1])
 
 
 def compare_service_cpu(rounds: int) -> None:
     """Per JPEG path, round by round: the flip alone in a fresh process, then FLIPS_PER_PROCESS
-    POST /flip (after a first) to one `python -m service`, both with the image's glibc settings;
+    POST /flip (after a first) to one `python -m service`, both with the image's allocator;
     the service's CPU per flip is its process's, so it holds everything the request costs there."""
     data = make_sample()
     alone: dict[str, list[float]] = {name: [] for name in ("lossless", "re-encoded")}
     served: dict[str, list[float]] = {name: [] for name in alone}
-    with running_service(base=glibc_environment()) as service:
+    with running_service(base=allocator_environment()) as service:
         address = urllib.parse.urlsplit(service.url)
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
         for _ in range(rounds):
@@ -305,7 +306,7 @@ def compare_service_cpu(rounds: int) -> None:
                 time.sleep(0.2)  # what the app's thread does after the last answer is sent
                 served[name].append((process_seconds(service.process.pid) - before) / FLIPS_PER_PROCESS)
         connection.close()
-    print(f"CPU per flip of the sample, glibc as the image sets it (medians of {rounds} rounds, "
+    print(f"CPU per flip of the sample, the allocator as the image sets it (medians of {rounds} rounds, "
           f"{FLIPS_PER_PROCESS} flips each after a first)")
     for name in alone:
         flip, request = statistics.median(alone[name]), statistics.median(served[name])
@@ -322,7 +323,7 @@ def peak_memory(name: str, path: Path) -> int:
     at `path`, above what it held just before (imports and codecs loaded by a flip of a small
     picture of the same format first)."""
     done = subprocess.run([sys.executable, "-m", "loadtest.overhead", "--peak-of", name, str(path)],
-                          capture_output=True, text=True, timeout=600, check=True, env=glibc_environment())
+                          capture_output=True, text=True, timeout=600, check=True, env=allocator_environment())
     return int(done.stdout.split()[-1])
 
 

@@ -68,6 +68,13 @@ def test_summary_has_every_figure_and_no_failures(quick_run):
         assert {"web", "nginx", "load generator"} <= set(figures["cpu_s_per_flip"])
         assert 0 < figures["efficiency"] < 1.5 and figures["alone_cpu_s_per_flip"] > 0
         assert figures["bytes_in_per_flip"] > 2 * 6_000_000
+        # The floor is the bare call with its memory kept mapped: it faults in no page of its own.
+        assert figures["floor_faults_per_flip"] < 50, figures["floor_faults_per_flip"]
+        assert figures["faults_per_flip"] >= 0 and figures["one_flip_s"] > 0
+        assert figures["vs_floor"]["web"] == pytest.approx(
+            figures["cpu_s_per_flip"]["web"] / figures["alone_cpu_s_per_flip"], rel=0.02)
+    assert set(summary["default"]["against_goals"]) == set(summary["default"]["goals"])
+    assert summary["default"]["meets_goals"] == all(summary["default"]["meets"].values())
 
 
 def test_reports_and_plots_are_written(quick_run):

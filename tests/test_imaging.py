@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageOps, ImageSequence, JpegImagePlugin, PngImagePlugin
 
-from loadtest.memory import glibc_environment
+from loadtest.memory import allocator_environment
 from service import imaging, jpeg_lossless, tiff
 from service.sample import make_sample
 from tests.pictures import (
@@ -1785,7 +1785,7 @@ print(status("VmHWM") - before)
 @pytest.mark.parametrize(("fmt", "mode"), [(fmt, mode) for fmt in ("HEIF", "AVIF", "WEBP", imaging.LOSSLESS_WEBP)
                                            for mode in ("RGB", "RGBA")])
 def test_a_flip_holds_at_most_the_memory_its_pixels_count_for(tmp_path, fmt, mode):
-    # In a process of its own, as the replica runs (glibc's settings of the image): what one flip
+    # In a process of its own, as the replica runs (the allocator of the image): what one flip
     # holds at once above what the process held before it.
     size = (2016, 1512)  # 3 MP, a quarter of a phone's photo
     picture = decode(make_sample(*size)).convert("RGB")
@@ -1797,7 +1797,7 @@ def test_a_flip_holds_at_most_the_memory_its_pixels_count_for(tmp_path, fmt, mod
     else:
         source.write_bytes(encode(picture, fmt, **imaging._FORMAT_PARAMS[fmt](picture, b"")))  # the fast settings
     done = subprocess.run([sys.executable, "-c", PHONE_PEAK_SCRIPT, str(source)], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parent.parent, env=glibc_environment())
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent, env=allocator_environment())
     assert done.returncode == 0, done.stderr
     peak, pixels = int(done.stdout), size[0] * size[1]
     allowed = imaging.PEAK_BYTES_PER_PIXEL[fmt, mode == "RGBA"]
@@ -1824,7 +1824,7 @@ def test_a_jpeg_flip_holds_at_most_the_memory_its_samples_count_for(tmp_path, mo
     source.write_bytes(encode(decode(make_sample(*size)).convert(mode), "JPEG", quality=90, **params))
     script = PHONE_PEAK_SCRIPT.replace("imaging.flip(data)", f"imaging.flip(data, lossless={lossless})")
     done = subprocess.run([sys.executable, "-c", script, str(source)], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parent.parent, env=glibc_environment())
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent, env=allocator_environment())
     assert done.returncode == 0, done.stderr
     peak, pixels = int(done.stdout), size[0] * size[1]
     print(f"JPEG {mode} {params} lossless={lossless}: {peak / pixels:.1f} bytes a pixel (counted as {allowed})")

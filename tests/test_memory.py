@@ -16,10 +16,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from harness import ROOT, alongside, client, usage
+from harness import ROOT, alongside, client, usage, wait_for
 from harness.compose import run, size
 from harness.locust import run_locust
-from loadtest.memory import GLIBC_PREFIXES, IMAGE_ENV
+from loadtest.memory import ALLOCATOR_PREFIXES, GLIBC_TUNED, IMAGE_ENV
 from service import imaging, memory
 from service.config import Settings
 from service.sample import load_sample
@@ -31,13 +31,23 @@ def compose_web_limit() -> int:
 
 
 @pytest.mark.docker
-def test_local_runs_set_glibc_as_the_image_does(docker_images):
+def test_local_runs_set_the_allocator_as_the_image_does(docker_images):
     # What loadtest.memory and loadtest.overhead give a local `python -m service`, against the
-    # environment of the image that was built.
+    # environment of the image that was built, and jemalloc really loaded in a replica.
     inspect = run(["docker", "image", "inspect", "flipfleet-web:latest", "--format", "{{json .Config.Env}}"])
     env = dict(entry.split("=", 1) for entry in json.loads(inspect.stdout))
-    glibc = {key: value for key, value in env.items() if key.startswith(GLIBC_PREFIXES)}
-    assert glibc and IMAGE_ENV == glibc
+    allocator = {key: value for key, value in env.items() if key.startswith(ALLOCATOR_PREFIXES)}
+    assert allocator and IMAGE_ENV == allocator
+    maps = run(["docker", "run", "--rm", "flipfleet-web:latest", "python", "-c",
+                "print(''.join(line for line in open('/proc/self/maps') if 'jemalloc' in line))"])
+    assert "libjemalloc.so.2" in maps.stdout, maps.stderr
+
+
+def test_the_worst_case_counts_the_images_allocator():
+    terms = memory.worst_case(Settings.from_env({}), IMAGE_ENV)
+    (rounding,) = [size for what, size in terms.items() if what.startswith("jemalloc")]
+    assert rounding == (sum(terms.values()) - rounding - memory.RUNTIME_BYTES) // 4
+    assert not any(what.startswith("glibc") for what in terms)
 
 
 def test_the_worst_case_fits_the_limit_every_deployment_sets():
@@ -58,12 +68,13 @@ def test_every_bound_counts(setting):
 
 
 @pytest.mark.parametrize(("environ", "kept"), [
-    ({"MALLOC_ARENA_MAX": "2", "MALLOC_TRIM_THRESHOLD_": "16777216"}, 32 * 2**20),
+    (GLIBC_TUNED, 32 * 2**20),
     ({"MALLOC_ARENA_MAX": "3"}, 3 * 128 * 2**10),
     ({"MALLOC_TRIM_THRESHOLD_": "1048576"}, 8 * (os.cpu_count() or 1) * 2**20),
     ({}, 8 * (os.cpu_count() or 1) * 128 * 2**10),
 ])
 def test_glibcs_kept_heap_tops_follow_its_settings(environ, kept):
+    assert not memory.uses_jemalloc(environ)
     assert memory.kept_heap_tops(environ) == kept
     terms = memory.worst_case(Settings.from_env({}), environ)
     assert terms["glibc's free heap tops, kept for the next request"] == kept
@@ -170,3 +181,36 @@ def test_memory_stays_flat_under_steady_load(stack, tmp_path):
           + ", ".join(f"{c[:12]} {after_a_minute[c] / 2**20:.0f} -> {at_end[c] / 2**20:.0f} MiB "
                       f"({growth[c[:12]]:+.1%})" for c in replicas))
     assert all(abs(change) <= 0.20 for change in growth.values()), growth
+
+
+# What a replica may hold once a crowd has gone: the runtime and Pillow's kept blocks.
+IDLE_MIB, HAND_BACK_SECONDS = 256, 60
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_replica_hands_its_memory_back_within_a_minute_of_a_crowd(stack):
+    settings = Settings.from_env({})
+    crowd = 2 * settings.queue  # every place of both replicas' queues
+    flipfleet = stack(2, FLIP_CLIENT_SHARE=str(crowd))
+    replicas = flipfleet.container_ids()
+    sample = load_sample(None)
+    highest = {replica: 0 for replica in replicas}
+    with concurrent.futures.ThreadPoolExecutor(crowd) as pool:
+        for _ in range(3):
+            statuses = list(pool.map(lambda _: client.post(
+                flipfleet.url + "/flip", sample, {"Content-Type": "image/jpeg"}, timeout=300).status, range(crowd)))
+            assert statuses == [200] * crowd
+            highest = {replica: max(highest[replica], usage.memory(replica)["anon"]) for replica in replicas}
+    ended = time.monotonic()
+    held: dict[str, float] = {}
+
+    def handed_back() -> bool:
+        held.update({replica: usage.memory(replica)["anon"] / 2**20 for replica in replicas})
+        return all(mib <= IDLE_MIB for mib in held.values())
+
+    back = wait_for(handed_back, timeout=HAND_BACK_SECONDS, interval=1)
+    print(f"{crowd} clients x 3 rounds of the sample: replicas' memory after the crowd "
+          f"{', '.join(f'{mib / 2**20:.0f}' for mib in highest.values())} MiB, "
+          f"{time.monotonic() - ended:.0f} s later {', '.join(f'{mib:.0f}' for mib in held.values())} MiB")
+    assert back, f"still held {held} MiB {HAND_BACK_SECONDS} s after the crowd (at most {IDLE_MIB})"
