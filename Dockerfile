@@ -19,13 +19,13 @@ FROM ${PYTHON_IMAGE}
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends libturbojpeg0 libjemalloc2 \
     && rm -rf /var/lib/apt/lists/*
-# jemalloc keeps the pages a flip frees and hands them to the next flip, so libjpeg's 150 MB of
-# coefficient arrays are not mapped and faulted in afresh 4 KiB at a time (a third of a lossless
-# flip's CPU under glibc); a background thread hands pages unused for a while back to the system,
-# so an idle replica shrinks again. oversize_threshold:0: large blocks too (jemalloc's own default
-# purges those at once); narenas:2: two pools of kept pages, not one for each of 4 x cores;
-# muzzy_decay_ms:0: returned pages leave the container's memory at once (MADV_DONTNEED). A bare
-# soname, which the loader finds on every architecture (and on a host, for loadtest.memory).
+# jemalloc keeps every page a flip frees for the next flip (dirty_decay_ms:-1), so libjpeg's 150 MB
+# of coefficient arrays are not mapped and faulted in afresh 4 KiB at a time, a third of a
+# lossless flip's CPU under glibc; the replica hands them back itself once no flip has come for
+# 10 s (service/allocator.py). oversize_threshold:0: large blocks too (jemalloc's own default
+# purges those at once); narenas:2: two pools of kept pages, not four a core; muzzy_decay_ms:0:
+# a page handed back leaves the container's memory at once. LD_PRELOAD is a bare soname, which
+# the loader finds on every architecture (and on a host, for loadtest.memory).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
@@ -33,7 +33,7 @@ ENV PYTHONUNBUFFERED=1 \
     PORT=8000 \
     FLIP_SAMPLE_PATH=/srv/flipfleet/sample.jpg \
     LD_PRELOAD=libjemalloc.so.2 \
-    MALLOC_CONF=background_thread:true,narenas:2,oversize_threshold:0,dirty_decay_ms:10000,muzzy_decay_ms:0
+    MALLOC_CONF=narenas:2,oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:0
 # A fixed numeric uid, so compose and the host can refer to it.
 RUN groupadd --system --gid 10001 flipfleet \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin flipfleet

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from service.allocator import MallocRelease, allocator
 from service.app import create_app
 from service.config import ConfigError, Settings
 from service.imaging import keep_image_memory
@@ -24,9 +25,12 @@ def main() -> int:
     keep_image_memory(settings.pillow_blocks)
     # Make or read the sample now, so that a healthy replica answers its first request at speed.
     load_sample(settings.sample_path or None)
-    server = GracefulServer(build_server(settings, create_app(settings)), settings.drain_seconds)
+    app = create_app(settings)
+    gate = app.extensions["flip_gate"]
+    MallocRelease(lambda: (gate.admitted, gate.held)).start()
+    server = GracefulServer(build_server(settings, app), settings.drain_seconds)
     log.info(
-        "flipfleet replica %s (version %s) listening on http://%s:%s with %d threads (flips: %d at once, %d held)",
+        "flipfleet replica %s (version %s) listening on http://%s:%s with %d threads (flips: %d at once, %d held; %s)",
         settings.replica,
         settings.version,
         settings.host,
@@ -34,6 +38,7 @@ def main() -> int:
         settings.threads,
         settings.concurrency,
         settings.queue,
+        allocator(),
     )
     cut = server.serve_until_stopped()
     log.info("flipfleet replica %s stopped (%d connection(s) cut by the drain deadline)", settings.replica, cut)

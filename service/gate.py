@@ -72,6 +72,7 @@ class FlipGate:
         self.queue = queue
         self.client_share = client_share or queue
         self.held = 0  # flips admitted and not yet done
+        self.admitted = 0  # flips admitted so far
         self._running = 0
         self._express = 0
         self._clients: dict[str, _Client] = {}
@@ -108,6 +109,7 @@ class FlipGate:
             if entry.held >= self.client_share:
                 raise OverShare
             self.held += 1
+            self.admitted += 1
             entry.held += 1
             turn = Turn(_entry=entry)
             if self._running < self.concurrency and not self._any_waiting():

@@ -10,9 +10,9 @@ Every term is a bound the service enforces, not a typical figure:
 - the express lane runs one more flip beside each running one, at a fraction of the pixel limits;
 - the allocator: the image's jemalloc (LD_PRELOAD) rounds each block up to one of its size classes,
   four to each doubling, so by less than a quarter; it keeps the pages a flip frees for the next
-  flip and hands them back to the system once unused for its decay time (MALLOC_CONF's
-  dirty_decay_ms). A kept page is handed out again before a new one is taken, so it counts within
-  the bounds above, not beside them. Under glibc's malloc instead, each arena (MALLOC_ARENA_MAX)
+  flip, until the replica hands them back after IDLE_SECONDS without a flip (service/allocator.py).
+  A kept page is handed out again before a new one is taken, so it counts within the bounds
+  above, not beside them. Under glibc's malloc instead, each arena (MALLOC_ARENA_MAX)
   keeps up to MALLOC_TRIM_THRESHOLD_ free at the top of its heap, which another arena's thread
   cannot use.
 """
