@@ -9,11 +9,11 @@ GLIBC_TUNED); on the host's network (no veth, no bridge); without a seccomp
 filter; and on a bridge network of 65,520-byte frames (loopback's size) instead of Ethernet's
 1,500. Round by round, in a rotating order so that machine noise hits all alike, each replica
 gets one client posting the sample --flips times on each JPEG path (lossless and re-encoded)
-after a first; its container's CPU (its cgroup's, so everything the request costs in it) is
-read around them. Then the flip alone, `service.imaging.flip` in a process started in the first
+after a first; its container's CPU and page faults (its cgroup's, so everything the request
+costs in it) are read around them. Then the flip alone, `service.imaging.flip` in a process started in the first
 replica's container. Healthchecks are off for the run: each is a `docker exec` of about 0.2
-CPU-seconds, which lands in a round or not and would be most of the spread. Prints the medians
-and the ratios.
+CPU-seconds, which lands in a round or not and would be most of the spread. Prints the medians,
+the ratios and the page faults per flip.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from harness import wait_for
 from harness.compose import Stack, build_images, check_docker, run
-from harness.usage import container_seconds
+from harness.usage import container_faults, container_seconds
 from loadtest import flip_cpu
 from loadtest.memory import GLIBC_TUNED
 from loadtest.overhead import post_flip
@@ -97,14 +97,16 @@ class Replica:
         except OSError:
             return False
 
-    def cpu_per_flip(self, data: bytes, path: str, flips: int) -> float:
-        """The container's CPU seconds per POST /flip on `path`, over `flips` after a first."""
+    def cpu_per_flip(self, data: bytes, path: str, flips: int) -> tuple[float, float]:
+        """The container's CPU seconds and page faults per POST /flip on `path`, over `flips`
+        after a first."""
         post_flip(self.connection, data, path)
-        before = container_seconds(self.container)
+        before, faults = container_seconds(self.container), container_faults(self.container)
         for _ in range(flips):
             post_flip(self.connection, data, path)
         time.sleep(0.2)  # what the app's thread does after the last answer is sent
-        return (container_seconds(self.container) - before) / flips
+        return ((container_seconds(self.container) - before) / flips,
+                (container_faults(self.container) - faults) / flips)
 
     def flip_alone(self, path: str) -> float:
         """CPU seconds of the flip alone on `path`, in a new process in this container."""
@@ -117,10 +119,12 @@ class Replica:
 
 
 def compare(rounds: int, flips: int) -> dict[str, dict[str, float]]:
-    """Median CPU seconds per flip, by variant (and 'the flip alone') and path."""
+    """Median CPU seconds per flip, by variant (and 'the flip alone') and path; and the median page
+    faults per flip, by variant and path, under "faults"."""
     build_images("web")
     data = make_sample()
     spent = {name: {path: [] for path in PATHS} for name in VARIANTS}
+    faulted = {name: {path: [] for path in PATHS} for name in VARIANTS}
     replicas: list[Replica] = []
     with tempfile.TemporaryDirectory() as directory:
         try:
@@ -130,13 +134,18 @@ def compare(rounds: int, flips: int) -> dict[str, dict[str, float]]:
                 shift = round_number % len(replicas)
                 for replica in replicas[shift:] + replicas[:shift]:
                     for path in PATHS:
-                        spent[replica.name][path].append(replica.cpu_per_flip(data, path, flips))
+                        cpu, faults = replica.cpu_per_flip(data, path, flips)
+                        spent[replica.name][path].append(cpu)
+                        faulted[replica.name][path].append(faults)
             alone = {path: replicas[0].flip_alone(path) for path in PATHS}
         finally:
             for replica in replicas:
                 replica.close()
-    return {"the flip alone": alone, **{name: {path: statistics.median(values) for path, values in by_path.items()}
-                                        for name, by_path in spent.items()}}
+    return {"the flip alone": alone,
+            **{name: {path: statistics.median(values) for path, values in by_path.items()}
+               for name, by_path in spent.items()},
+            "faults": {name: {path: statistics.median(values) for path, values in by_path.items()}
+                       for name, by_path in faulted.items()}}
 
 
 def report(medians: dict[str, dict[str, float]], rounds: int, flips: int) -> str:
@@ -148,7 +157,8 @@ def report(medians: dict[str, dict[str, float]], rounds: int, flips: int) -> str
         for name in VARIANTS:
             value = medians[name][path]
             lines.append(f"  {name:<26} {value * 1000:6.1f} ms   x{value / alone[path]:.3f} of the flip alone"
-                         f"   x{value / base[path]:.3f} of {AS_COMPOSE}")
+                         f"   x{value / base[path]:.3f} of {AS_COMPOSE}"
+                         f"   {medians['faults'][name][path]:8,.0f} page faults a flip")
     return "\n".join(lines)
 
 

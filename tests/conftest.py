@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from harness.compose import DockerUnavailable, Stack, build_images, check_docker, nginx_trouble, sweep_stale_stacks
+from loadtest.memory import jemalloc_missing
 from service import jpeg_lossless
 from service.app import create_app
 from service.config import Settings
@@ -39,6 +40,16 @@ def turbojpeg():
         if os.environ.get("CI") == "true":
             pytest.fail("CI must run the lossless JPEG tests: libturbojpeg0 is not installed")
         pytest.skip("libturbojpeg is not installed (apt-get install libturbojpeg0)")
+
+
+@pytest.fixture
+def jemalloc():
+    """A skip without jemalloc, the image's allocator; a failure under CI, which installs it (libjemalloc2)."""
+    missing = jemalloc_missing()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the allocator's tests: {missing}")
+        pytest.skip(missing)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -88,7 +88,9 @@ print(allocator(), kept, resident())
 
 
 @pytest.mark.parametrize(("environ", "kind"), [({}, "jemalloc"), (GLIBC_TUNED, "glibc")], ids=["image", "glibc"])
-def test_a_process_hands_back_what_its_flips_kept(environ, kind):
+def test_a_process_hands_back_what_its_flips_kept(request, environ, kind):
+    if kind == "jemalloc":
+        request.getfixturevalue("jemalloc")
     # The image's jemalloc, then glibc as a local run has it: each frees Pillow's blocks and its free pages.
     done = subprocess.run([sys.executable, "-c", HAND_BACK], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env=allocator_environment(environ) if environ else allocator_environment())

@@ -26,7 +26,7 @@ def test_a_variant_runs_without_the_shells_own_allocator_settings(monkeypatch):
     assert allocator_environment({"MALLOC_ARENA_MAX": "1"})["MALLOC_ARENA_MAX"] == "1"
 
 
-def test_a_local_process_runs_with_the_images_allocator():
+def test_a_local_process_runs_with_the_images_allocator(jemalloc):
     # jemalloc really loaded, and tuned by the image's MALLOC_CONF: the measures of loadtest.* rest on it.
     code = ("import ctypes; print([l.split()[-1] for l in open('/proc/self/maps') if 'jemalloc' in l][:1]);"
             "lib = ctypes.CDLL(None); n = ctypes.c_size_t(8); value = ctypes.c_ssize_t();"

@@ -22,7 +22,7 @@ def _throughput_and_p95(summary: dict, out: Path) -> Path:
         p95_ax.plot(users, [run["p95_ms"] / 1000 for run in result["by_users"]], marker="o",
                     label=f"{replicas} replica(s)")
     rps_ax.axhline(summary["ceiling_rps"], color="grey", linestyle="--",
-                   label=f"ceiling: Pillow alone, {summary['machine']['cores']} processes")
+                   label=f"the floor's rate: the flip alone, {summary['machine']['cores']} processes")
     rps_ax.set(xlabel="locust users (closed loop)", ylabel="flips per second", title="Throughput through nginx",
                xscale="log", ylim=(0, None))
     p95_ax.set(xlabel="locust users (closed loop)", ylabel="seconds", title="p95 latency of POST /flip",
@@ -62,7 +62,7 @@ def _burst(summary: dict, out: Path, article: dict) -> Path:
     ax.set(ylabel="seconds (log scale)", yscale="log",
            title="10 concurrent POST /flip of a ~24 MP photo: time to the first and last answer")
     ax.axhline(summary["ideal_burst_last_s"], color="grey", linestyle="--",
-               label=f"ideal last answer here: 10 / ceiling = {summary['ideal_burst_last_s']:.2f} s")
+               label=f"ideal last answer here: 10 / the floor's rate = {summary['ideal_burst_last_s']:.2f} s")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "burst.png"
