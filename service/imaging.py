@@ -998,6 +998,7 @@ def _write(frames, durations, pages, left_out, fmt, out: io.BytesIO) -> bytes:
     sources = pages
     pages = [{key: value for key, value in page.items() if key not in left_out_keys and value is not _UNWRITABLE}
              for page in pages]
+    page_numbers = [_page_number(page) for page in pages] if fmt == "TIFF" else []
     if fmt == "TIFF":
         for page in pages:
             parts = [page.pop(key) for key in ("tiff_tags", "exif") if key in page]
@@ -1034,7 +1035,15 @@ def _write(frames, durations, pages, left_out, fmt, out: io.BytesIO) -> bytes:
     if after_pixels:  # before the IEND chunk that ends what the writer wrote
         out.seek(-len(PNG_END), io.SEEK_END)
         out.write(after_pixels + PNG_END)
-    return out.getvalue()
+    return tiff.with_page_numbers(out.getvalue(), page_numbers)
+
+
+def _page_number(page: dict) -> tuple[int, int] | None:
+    """The PageNumber a TIFF page is written with, for tiff.with_page_numbers: its source's."""
+    value = page.get("tiff_tags", {}).get(tiff.PAGE_NUMBER)
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) and 0 <= v <= 0xFFFF for v in value):
+        return value
+    return None
 
 
 def _jpeg_params(im, data) -> dict:

@@ -101,3 +101,39 @@ def _pointer(field: bytes, value_type: int, count: int, data: bytes, order: str)
         at = struct.unpack(order + "I", field)[0]
         field = data[at : at + value.size]
     return max(value.unpack_from(field)[0], 0) if len(field) >= value.size else 0
+
+
+# PageNumber: SHORT[2], the page's number and the count of pages.
+PAGE_NUMBER, SHORT = 297, 3
+
+
+def with_page_numbers(data: bytes, numbers: list[tuple[int, int] | None]) -> bytes:
+    """The TIFF `data` with each directory's PageNumber entry holding numbers[i] (None: left as
+    it is). Pillow's libtiff writer (any compressed TIFF) passes the pair to libtiff as a count
+    and a pointer, which libtiff reads as the two numbers: (2, the low 16 bits of an address)."""
+    if data[:4] not in _HEADERS or not any(numbers):
+        return data
+    order, big = _HEADERS[data[:4]]
+    entry = struct.Struct(order + ("HHQ" if big else "HHI"))
+    count_format, offset_format = (order + "Q", order + "Q") if big else (order + "H", order + "I")
+    count_size, offset_size = struct.calcsize(count_format), struct.calcsize(offset_format)
+    value_size = 8 if big else 4
+    patched = bytearray(data)
+    offset = struct.unpack_from(offset_format, data, 8 if big else 4)[0]
+    seen: set[int] = set()
+    for wanted in numbers:
+        if not offset or offset in seen or offset + count_size > len(data):
+            break
+        seen.add(offset)
+        (entries,) = struct.unpack_from(count_format, data, offset)
+        first = offset + count_size
+        end = first + entries * (entry.size + value_size)
+        if end + offset_size > len(data):
+            break
+        if wanted is not None:
+            for at in range(first, end, entry.size + value_size):
+                tag, kind, values = entry.unpack_from(data, at)
+                if tag == PAGE_NUMBER and kind == SHORT and values == 2:
+                    struct.pack_into(order + "HH", patched, at + entry.size, *wanted)
+        offset = struct.unpack_from(offset_format, data, end)[0]
+    return bytes(patched)

@@ -1,12 +1,13 @@
 """A TIFF's directories read without decoding: the most numbers one tag holds, their entries, and
 all their numbers."""
 
+import io
 import struct
 
 import pytest
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
-from service import tiff
+from service import imaging, tiff
 from tests.pictures import encode, exif_of_entries, photo, strips_tiff, tiff_of_entries
 
 
@@ -116,3 +117,45 @@ def test_the_numbers_of_all_tags_are_counted_by_their_weight(value_type, weight)
     for index in range(3):
         struct.pack_into("<HII", exif, 8 + 2 + 12 * index + 2, value_type, 100, 60)
     assert tiff.counts(bytes(exif), directories=1).numbers == 3 * 100 * weight
+
+
+def tiff_with_page_numbers(mode: str, compression: str, numbers: list[tuple[int, int]], **kwargs) -> bytes:
+    """A TIFF of a page per entry of `numbers`, each with that PageNumber (the writer's fixed)."""
+    out = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(out) as pages:
+        for number in numbers:
+            Image.new(mode, (64, 32)).save(pages, "TIFF", compression=compression, tiffinfo={tiff.PAGE_NUMBER: number},
+                                           **kwargs)
+            pages.newFrame()
+    return tiff.with_page_numbers(out.getvalue(), numbers)
+
+
+def page_numbers(data: bytes) -> list:
+    im = Image.open(io.BytesIO(data))
+    found = []
+    for page in range(im.n_frames):
+        im.seek(page)
+        found.append(im.tag_v2.get(tiff.PAGE_NUMBER))
+    return found
+
+
+@pytest.mark.parametrize(("mode", "compression", "numbers"), [
+    ("1", "group4", [(0, 1)]),
+    ("RGB", "tiff_lzw", [(0, 1)]),
+    ("RGB", "tiff_adobe_deflate", [(0, 3), (1, 3), (2, 3)]),
+    ("L", "raw", [(4, 9)]),
+], ids=["ccitt", "lzw", "deflate-pages", "raw"])
+def test_a_flipped_tiff_keeps_its_page_numbers(mode, compression, numbers):
+    # Pillow's libtiff writer writes (2, 16 bits of an address) for any PageNumber it is given.
+    source = tiff_with_page_numbers(mode, compression, numbers)
+    assert page_numbers(source) == numbers
+    assert page_numbers(imaging.flip(source).data) == numbers
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["classic", "bigtiff"])
+def test_page_numbers_are_written_into_each_directory_in_place(big):
+    written = encode(photo((30, 20)), "TIFF", compression="tiff_lzw", big_tiff=big, tiffinfo={tiff.PAGE_NUMBER: (0, 1)})
+    fixed = tiff.with_page_numbers(written, [(7, 8)])
+    assert len(fixed) == len(written) and page_numbers(fixed) == [(7, 8)]
+    assert tiff.with_page_numbers(fixed, [None]) == fixed
+    assert tiff.with_page_numbers(b"not a tiff", [(0, 1)]) == b"not a tiff"
