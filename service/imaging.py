@@ -1035,7 +1035,30 @@ def _write(frames, durations, pages, left_out, fmt, out: io.BytesIO) -> bytes:
     if after_pixels:  # before the IEND chunk that ends what the writer wrote
         out.seek(-len(PNG_END), io.SEEK_END)
         out.write(after_pixels + PNG_END)
+    if fmt == "BMP" and frames[0].mode == "RGBA":
+        return _bmp_with_alpha_mask(out.getvalue())
     return tiff.with_page_numbers(out.getvalue(), page_numbers)
+
+
+# BITMAPV4HEADER's fields after the 40 bytes of the plain header: the colour masks (red, green,
+# blue, alpha) of BI_BITFIELDS, the colour space (sRGB), and its unused endpoints and gammas.
+BMP_INFO_HEADER, BMP_V4_HEADER, BMP_BITFIELDS = 40, 108, 3
+BMP_V4_FIELDS = struct.pack("<4I", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000) + b"BGRs" + bytes(48)
+
+
+def _bmp_with_alpha_mask(data: bytes) -> bytes:
+    """Pillow's 32-bit BMP of an RGBA picture with the header that says its fourth byte is alpha.
+    Pillow writes the alpha bytes under a plain header (BI_RGB), which readers, Pillow's own
+    included, read as RGB: a V4 header with BI_BITFIELDS and an alpha mask keeps the alpha."""
+    size, bits, compression = (struct.unpack_from("<I", data, 14)[0], struct.unpack_from("<H", data, 28)[0],
+                               struct.unpack_from("<I", data, 30)[0])
+    if size != BMP_INFO_HEADER or bits != 32 or compression != 0:
+        return data
+    grown = BMP_V4_HEADER - BMP_INFO_HEADER
+    file_size, reserved, pixels_at = struct.unpack_from("<IIi", data, 2)
+    return (b"BM" + struct.pack("<IIi", file_size + grown, reserved, pixels_at + grown)
+            + struct.pack("<I", BMP_V4_HEADER) + data[18:30] + struct.pack("<I", BMP_BITFIELDS) + data[34:54]
+            + BMP_V4_FIELDS + data[54:])
 
 
 def _page_number(page: dict) -> tuple[int, int] | None:

@@ -288,6 +288,18 @@ def bmp_rle8(size: tuple[int, int], run: int) -> bytes:
     return b"BM" + struct.pack("<IHHI", start + len(rows), 0, 0, start) + info + palette + rows
 
 
+def bmp_with_alpha(im: Image.Image, header: int = 124) -> bytes:
+    """`im` (RGBA) as a 32-bit BMP whose BI_BITFIELDS masks name its alpha: a V4 (108-byte) or V5
+    (124-byte) header, as browsers and image editors write one."""
+    width, height = im.size
+    rows = im.transpose(Image.Transpose.FLIP_TOP_BOTTOM).tobytes("raw", "BGRA")  # bottom row first
+    masks = struct.pack("<4I", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000)
+    info = struct.pack("<IiiHHIIiiII", header, width, height, 1, 32, 3, len(rows), 2835, 2835, 0, 0) + masks
+    info += b"BGRs" + bytes(header - len(info) - 4)  # sRGB; endpoints, gammas (and V5's intent, profile)
+    start = 14 + len(info)
+    return b"BM" + struct.pack("<IHHI", start + len(rows), 0, 0, start) + info + rows
+
+
 def exif_of_entries(entries: int, in_exif_directory: int = 0) -> bytes:
     """An EXIF (with its "Exif" header) whose first directory has `entries` entries in all, one of
     them the pointer to an EXIF directory of `in_exif_directory` more when that is not 0: private
