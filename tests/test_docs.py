@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from harness import ROOT
+from harness.docs import named_in_passing
 from loadtest.memory import IMAGE_ENV
 from service import app, memory
 from service.config import Settings
@@ -22,11 +23,7 @@ def table(heading: str) -> dict[str, str]:
     return {name: default.strip().strip("`") for name, default in rows}
 
 
-# A setting's default named in passing, as in "`FLIP_QUEUE` (10)" or "`FLIP_QUEUE` held (10)", with
-# the units the pages use.
-DEFAULT_IN_PASSING = re.compile(r"`(FLIP_[A-Z_]+)`(?: [a-z]+)? \(([0-9][0-9,]*)(?: (s|MiB|MP))?\)")
 LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
-UNIT = {"": 1, "s": 1, "MiB": 2**20, "MP": 10**6}
 
 
 def documented(default: str) -> str:
@@ -77,9 +74,8 @@ def test_links_between_pages_lead_somewhere(page):
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_defaults_named_in_passing_are_the_defaults(page):
     defaults = Settings.defaults()
-    named = DEFAULT_IN_PASSING.findall(page.read_text())
-    wrong = [f"`{name}` ({number}{' ' + unit if unit else ''}) is {defaults[name]}" for name, number, unit in named
-             if int(number.replace(",", "")) * UNIT[unit] != int(defaults[name])]
+    wrong = [f"`{name}` says {value}, the default is {defaults[name]}"
+             for name, value in named_in_passing(page.read_text()) if value != int(defaults[name])]
     assert wrong == []
 
 
