@@ -255,25 +255,24 @@ def compare_paths(sample: bytes, rounds: int) -> None:
                   f"   peak {peak / 2**20:4.0f} MiB, {peak / (im.width * im.height):4.1f} bytes a pixel")
 
 
-# The allocators compared, from the image's own (loadtest.memory) to glibc's defaults.
-ALLOCATOR_VARIANTS = VARIANTS
 FLIPS_PER_PROCESS = 4
 
 
 def compare_allocators(rounds: int) -> None:
-    """The sample's flip on each JPEG path in a fresh process under each of ALLOCATOR_VARIANTS, the
+    """The sample's flip on each JPEG path in a fresh process under each of loadtest.memory's
+    VARIANTS (from the image's allocator to glibc's defaults), the
     processes interleaved round by round: CPU seconds per flip, against the image's settings."""
-    keys = [(name, variant) for name in ("lossless", "re-encoded") for variant in ALLOCATOR_VARIANTS]
+    keys = [(name, variant) for name in ("lossless", "re-encoded") for variant in VARIANTS]
     times: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
     for round_number in range(rounds):
         shift = round_number % len(keys)
         for name, variant in keys[shift:] + keys[:shift]:
-            times[name, variant].append(cpu_alone(name, ALLOCATOR_VARIANTS[variant]))
+            times[name, variant].append(cpu_alone(name, VARIANTS[variant]))
     print(f"Allocators: the sample's flip, CPU per flip (median of {rounds} fresh processes, "
           f"{FLIPS_PER_PROCESS} flips each after a first)")
     for name in ("lossless", "re-encoded"):
         image = statistics.median(times[name, "as the image runs it"])
-        for variant, env in ALLOCATOR_VARIANTS.items():
+        for variant, env in VARIANTS.items():
             median = statistics.median(times[name, variant])
             settings = " ".join(f"{key}={value}" for key, value in env.items()) or "-"
             print(f"  {name:<10} {variant:<22} {median * 1000:6.1f} ms  x{median / image:.3f}   {settings}")

@@ -249,15 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
     args = parser.parse_args(argv)
-    stale = [path for path, text in outputs().items() if not path.exists() or path.read_text() != text]
+    written = outputs()
+    stale = [path for path, text in written.items() if not path.exists() or path.read_text() != text]
     if args.check:
         for path in stale:
             print(f"{path.relative_to(ROOT)} is out of date: run .venv/bin/python scripts/generate.py")
         return 1 if stale else 0
-    for path, text in outputs().items():
-        if path in stale:
-            path.write_text(text)
-            print(f"wrote {path.relative_to(ROOT)}")
+    for path in stale:
+        path.write_text(written[path])
+        print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 

@@ -7,13 +7,12 @@ import sys
 import pytest
 
 from harness import ROOT
-from loadtest.memory import ALLOCATOR_PREFIXES, IMAGE_ENV, allocator_environment
-from loadtest.overhead import ALLOCATOR_VARIANTS
+from loadtest.memory import ALLOCATOR_PREFIXES, IMAGE_ENV, VARIANTS, allocator_environment
 
 
 def test_the_comparison_covers_the_image_and_glibc_defaults():
-    assert ALLOCATOR_VARIANTS["glibc's defaults"] == {} and ALLOCATOR_VARIANTS["as the image runs it"] == IMAGE_ENV
-    assert len({tuple(sorted(variant.items())) for variant in ALLOCATOR_VARIANTS.values()}) == len(ALLOCATOR_VARIANTS)
+    assert VARIANTS["glibc's defaults"] == {} and VARIANTS["as the image runs it"] == IMAGE_ENV
+    assert len({tuple(sorted(variant.items())) for variant in VARIANTS.values()}) == len(VARIANTS)
 
 
 def test_a_variant_runs_without_the_shells_own_allocator_settings(monkeypatch):

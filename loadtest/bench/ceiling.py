@@ -27,17 +27,19 @@ PATHS = ("re-encoded", "lossless")
 def bare_transform(data: bytes) -> None:
     """TurboJPEG's transform of `data` turned upside down (perfect), and nothing else: no header
     edits, no copy of its answer."""
-    lib = jpeg_lossless._library()
-    handle = lib.tjInitTransform()
-    spec = jpeg_lossless._Transform(op=jpeg_lossless.TJXOP_VFLIP, options=jpeg_lossless.TJXOPT_PERFECT)
-    out, size = ctypes.c_void_p(), ctypes.c_ulong()
-    try:
-        if lib.tjTransform(handle, data, len(data), 1, ctypes.byref(out), ctypes.byref(size), ctypes.byref(spec), 0):
-            raise RuntimeError(lib.tjGetErrorStr2(handle).decode(errors="replace"))
-    finally:
-        if out:
-            lib.tjFree(out)
-        lib.tjDestroy(handle)
+
+    def run(lib, handle) -> None:
+        spec = jpeg_lossless._Transform(op=jpeg_lossless.TJXOP_VFLIP, options=jpeg_lossless.TJXOPT_PERFECT)
+        out, size = ctypes.c_void_p(), ctypes.c_ulong()
+        try:
+            if lib.tjTransform(handle, data, len(data), 1, ctypes.byref(out), ctypes.byref(size),
+                               ctypes.byref(spec), 0):
+                jpeg_lossless._raise_error(lib, handle)
+        finally:
+            if out:
+                lib.tjFree(out)
+
+    jpeg_lossless._call(run)
 
 
 def flip_alone(path: str):
