@@ -13,7 +13,7 @@ RUN /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requi
     && /opt/venv/bin/pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}
-# TurboJPEG for lossless JPEG flips (service/jpeg_lossless.py, through ctypes), and jemalloc, the
+# TurboJPEG for lossless JPEG flips (service/formats/jpeg_lossless.py, through ctypes), and jemalloc, the
 # replica's allocator (below). First: it changes least, so a change below it never runs apt-get
 # again.
 RUN apt-get update \

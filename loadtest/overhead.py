@@ -198,7 +198,7 @@ def lossless(data: bytes) -> imaging.Flipped:
 def pillow_alone_as_the_service_writes(data: bytes) -> bytes:
     """Open, flip, save with the parameters service.imaging writes the format with."""
     im = Image.open(io.BytesIO(data))
-    params = imaging._FORMAT_PARAMS[im.format](im, data)
+    params = imaging.writer_params(im.format, im, data)
     out = io.BytesIO()
     im.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(out, im.format, **params)
     return out.getvalue()
@@ -220,7 +220,7 @@ def format_pictures(sample: bytes) -> dict[str, bytes]:
     pictures = {"JPEG": sample}
     for fmt in ("HEIF", "AVIF"):
         out = io.BytesIO()
-        params = imaging._FORMAT_PARAMS[fmt](phone, b"")
+        params = imaging.writer_params(fmt, phone)
         phone.save(out, fmt, **params)
         pictures[fmt] = out.getvalue()
     return pictures

@@ -1,6 +1,9 @@
 """Checks that several test modules make of an answer."""
 
+import collections
 import re
+
+import requests
 
 
 def assert_json_503(status: int | None, headers, body: bytes) -> None:
@@ -41,3 +44,16 @@ def failures_of_a_lost_node(errors: dict[str, int]) -> tuple[int, int, dict[str,
     refused = sum(count for error, count in errors.items() if JSON_503.search(error))
     other = {error: count for error, count in errors.items() if not CLOSED.search(error) and not JSON_503.search(error)}
     return closed, refused, other
+
+
+def served_by(url: str, count: int) -> collections.Counter:
+    """Which replicas answered `count` GET / through `url`, by their X-Served-By."""
+    return collections.Counter(requests.get(url + "/", timeout=10).headers["X-Served-By"] for _ in range(count))
+
+
+def assert_json_error(response, status: int, fragment: str) -> None:
+    """A Flask test client's answer: the service's JSON error of `status`, saying `fragment`."""
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    assert fragment in response.get_json()["error"]
+    assert response.get_json()["status"] == status

@@ -5,9 +5,10 @@ import pytest
 
 from harness.compose import DockerUnavailable, Stack, build_images, check_docker, nginx_trouble, sweep_stale_stacks
 from loadtest.memory import jemalloc_missing
-from service import jpeg_lossless
 from service.app import create_app
 from service.config import Settings
+from service.formats import jpeg_lossless
+from tests.pictures import encode, picture
 
 
 @pytest.fixture
@@ -17,6 +18,12 @@ def settings():
         {}, replica_name="test-replica", max_bytes=2 * 1024 * 1024, max_pixels=1_000_000, max_frames=10,
         max_total_pixels=5_000_000, concurrency=1, queue=3,
     )
+
+
+@pytest.fixture
+def png():
+    """A small lossless picture, so that a flip can be checked pixel by pixel."""
+    return encode(picture("RGB"), "PNG")
 
 
 @pytest.fixture

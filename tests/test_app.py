@@ -11,6 +11,7 @@ from service import imaging
 from service.app import create_app
 from service.config import Settings
 from service.sample import load_sample
+from tests.checks import assert_json_error
 from tests.pictures import (
     animation,
     decode,
@@ -23,19 +24,6 @@ from tests.pictures import (
 )
 
 DOWN = Image.Transpose.FLIP_TOP_BOTTOM
-
-
-@pytest.fixture
-def png():
-    """A small lossless picture, so that a flip can be checked pixel by pixel."""
-    return encode(picture("RGB"), "PNG")
-
-
-def assert_json_error(response, status, fragment):
-    assert response.status_code == status
-    assert response.mimetype == "application/json"
-    assert fragment in response.get_json()["error"]
-    assert response.get_json()["status"] == status
 
 
 def test_whoami_names_replica_and_pid(client):
@@ -237,11 +225,11 @@ def test_options_is_204_with_allow_and_no_html(client, path, allowed):
 
 @pytest.mark.parametrize("error", [KeyError("qtables"), TypeError("bad argument"), RuntimeError("boom")])
 def test_a_bug_of_ours_is_a_logged_500_not_a_damaged_picture(app, client, caplog, monkeypatch, png, error):
-    def broken(im, data):
+    def broken(*args):
         raise error
 
     # A bug in our own code around Pillow (here, the parameters chosen for writing a PNG back).
-    monkeypatch.setitem(imaging._FORMAT_PARAMS, "PNG", broken)
+    monkeypatch.setattr(imaging.FORMATS["PNG"], "save_params", broken)
     app.config["PROPAGATE_EXCEPTIONS"] = False
     response = client.post("/flip", data=png, content_type="image/png", headers={"X-Request-ID": "bug-1"})
     assert_json_error(response, 500, "internal error")
@@ -266,7 +254,6 @@ def test_limits_come_from_the_environment(monkeypatch, png):
     response = client.post("/flip", data=png, content_type="image/png")
     assert_json_error(response, 413, "the limit is 100")
     assert response.headers["X-Served-By"] == "from-env"
-
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import requests
 
 from harness import client, wait_for
 from service.config import Settings
-from tests.pictures import many_scans_jpeg
+from tests.crafted_jpeg import many_scans_jpeg
 
 pytestmark = pytest.mark.docker
 POLITE = {"connections": 1, "size": "1600x1200"}

@@ -55,7 +55,6 @@ def pod(docs, deployment: str) -> dict:
     return of_kind(docs, "Deployment")[deployment]["spec"]["template"]["spec"]
 
 
-
 def compose_default(expression: str) -> str:
     """`${NAME:-default}` -> default."""
     return re.fullmatch(r"\$\{\w+:-([^}]*)\}", expression).group(1)

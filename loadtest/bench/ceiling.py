@@ -16,8 +16,8 @@ import time
 
 from loadtest.memory import KEPT_MAPPED, allocator_environment
 from loadtest.overhead import pillow_alone
-from service import jpeg_lossless
 from service.config import Settings
+from service.formats import jpeg_lossless
 from service.imaging import keep_image_memory
 from service.sample import load_sample
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import re
 import threading
 
 from PIL import ExifTags, Image
 
-from service import jpeg
+from service.formats import jpeg_markers as markers
+from service.formats import metadata
+from service.formats.metadata import EXIF_HEADER
 
 SONAME = "libturbojpeg.so.0"
 
@@ -45,13 +46,8 @@ OPERATIONS = {
     Image.Transpose.ROTATE_270: TJXOP_ROT90,
 }
 APP1, APP2 = 0xE1, 0xE2
-EXIF_HEADER = b"Exif\x00\x00"
-# The EXIF's width and height of the picture, in its Exif directory.
-PIXEL_DIMENSIONS = (ExifTags.Base.ExifImageWidth, ExifTags.Base.ExifImageHeight)
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 MPF_HEADER = b"MPF\x00"
-# The XMP forms of the orientation, as ImageOps.exif_transpose removes them.
-XMP_ORIENTATION = (re.compile(rb'tiff:Orientation="[0-9]"'), re.compile(rb"<tiff:Orientation>[0-9]</tiff:Orientation>"))
 # TurboJPEG's error message -> NotPerfect.reason.
 NOT_PERFECT_MESSAGES = {"Transform is not perfect": "not aligned",
                         "Could not determine subsampling type": "unusual subsampling"}
@@ -192,7 +188,7 @@ def transform(data: bytes, operation: Image.Transpose | None) -> bytes:
     op = OPERATIONS[None if operation is None else Image.Transpose(operation)]
     options = TJXOPT_PERFECT
     sof = _start_of_frame(data)
-    if sof is not None and sof not in jpeg.SOF_HUFFMAN:
+    if sof is not None and sof not in markers.SOF_HUFFMAN:
         # TurboJPEG 2.1 writes Huffman-coded baseline/progressive only: not lossless for these.
         raise NotPerfect(f"JPEG coding SOF{sof - 0xC0} is not transformed losslessly", _coding(sof))
     if sof == 0xC2:
@@ -223,7 +219,7 @@ def without_orientation(data: bytes) -> bytes:
 
 
 def _start_of_frame(data: bytes) -> int | None:
-    return next((marker for marker, _, _ in jpeg.segments(data) if marker in jpeg.START_OF_FRAME), None)
+    return next((marker for marker, _, _ in markers.segments(data) if marker in markers.START_OF_FRAME), None)
 
 
 def _coding(sof: int) -> str:
@@ -238,15 +234,15 @@ def _edit_header(data: bytes, transformed: bool, turned: bool) -> bytes:
     no longer matches it dropped: the MPF segment and the EXIF thumbnail; if it was `turned` a
     quarter, the EXIF's width and height swapped."""
     parts, kept_from = [], 0
-    for marker, start, end in jpeg.segments(data):
+    for marker, start, end in markers.segments(data):
         body = data[start + 4 : end]
         if marker == APP2 and transformed and body.startswith(MPF_HEADER):
             replacement = b""  # its offsets point at pictures that are not in the output
         elif marker == APP1 and body.startswith(EXIF_HEADER):
-            edited = _exif_with_dimensions_swapped(body) if turned else body
-            edited = _exif_without_orientation(edited)
+            edited = metadata.with_dimensions_swapped(body) if turned else body
+            edited = metadata.without_orientation(edited)
             if transformed:
-                edited = _exif_without_thumbnail(edited)
+                edited = metadata.without_thumbnail(edited)
             # An orientation the in-place edits could not reach: Pillow rewrites the EXIF without
             # it (and without the thumbnail, as Pillow writes none).
             replacement = _exif_segment_without_orientation(edited)
@@ -281,109 +277,14 @@ def _exif_segment_without_orientation(body: bytes) -> bytes | None:
     return _app1_segment(payload)
 
 
-def _exif_with_dimensions_swapped(body: bytes) -> bytes:
-    """The EXIF `body` with its Exif directory's PixelXDimension and PixelYDimension swapped, the
-    rest byte for byte: each entry takes the other's type, count and value, so each value keeps
-    the type it was stored as; a lone one takes the other's tag. Unchanged when it has neither."""
-    tiff = body[len(EXIF_HEADER) :]
-    order = _byte_order(tiff)
-    if order is None:
-        return body
-    pointer = _ifd_entries(tiff, int.from_bytes(tiff[4:8], order), order).get(ExifTags.IFD.Exif)
-    if pointer is None:
-        return body
-    entries = _ifd_entries(tiff, int.from_bytes(tiff[pointer + 8 : pointer + 12], order), order)
-    found = {tag: len(EXIF_HEADER) + entries[tag] for tag in PIXEL_DIMENSIONS if tag in entries}
-    swapped = bytearray(body)
-    if len(found) == 2:
-        width, height = found.values()
-        swapped[width + 2 : width + 12] = body[height + 2 : height + 12]
-        swapped[height + 2 : height + 12] = body[width + 2 : width + 12]
-    elif found:
-        ((tag, at),) = found.items()
-        (other,) = set(PIXEL_DIMENSIONS) - {tag}
-        # The two tags are next to each other: the directory stays in the order of its tags.
-        swapped[at : at + 2] = other.to_bytes(2, order)
-    return bytes(swapped)
-
-
-def _byte_order(tiff: bytes) -> str | None:
-    """The byte order of the TIFF structure an EXIF holds, or None when it is not one."""
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
-    return order if len(tiff) >= 8 else None
-
-
-def _ifd_entries(tiff: bytes, offset: int, order: str) -> dict[int, int]:
-    """Tag -> offset in `tiff` of its 12-byte entry, for the entries of the directory at `offset`
-    that `tiff` holds whole."""
-    if offset + 2 > len(tiff):
-        return {}
-    count = int.from_bytes(tiff[offset : offset + 2], order)
-    starts = range(offset + 2, min(offset + 2 + 12 * count, len(tiff) - 11), 12)
-    return {int.from_bytes(tiff[at : at + 2], order): at for at in starts}
-
-
 def _app1_segment(body: bytes) -> bytes:
     return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
-
-
-def _exif_without_thumbnail(body: bytes) -> bytes:
-    """The EXIF `body` with its thumbnail's directory (IFD1) unlinked, the rest byte for byte as it
-    was. (Unflipped, the thumbnail would show the wrong picture.)"""
-    found = _first_directory(body)
-    if found is None:
-        return body
-    order, first, link = found
-    if not int.from_bytes(body[link : link + 4], order):
-        return body
-    return body[:link] + b"\0\0\0\0" + body[link + 4 :]
-
-
-def _exif_without_orientation(body: bytes) -> bytes:
-    """The EXIF `body` with the orientation entry taken out of its first directory in place: the
-    entries after it and the link to the next directory move up 12 bytes, and 12 zero bytes follow,
-    so that every offset in it, a maker note's included, stays true. Unchanged without one."""
-    found = _first_directory(body)
-    if found is None:
-        return body
-    order, first, link = found
-    tiff = len(EXIF_HEADER)
-    entry = _ifd_entries(body[tiff:], first - tiff, order).get(ExifTags.Base.Orientation)
-    if entry is None:
-        return body
-    entry += tiff
-    count = int.from_bytes(body[first : first + 2], order)
-    return (body[:first] + (count - 1).to_bytes(2, order) + body[first + 2 : entry]
-            + body[entry + 12 : link + 4] + bytes(12) + body[link + 4 :])
-
-
-def _first_directory(body: bytes) -> tuple[str, int, int] | None:
-    """The EXIF's byte order, and where in `body` its first directory (IFD0) starts and its link to
-    the next one is; None when that directory is not held whole."""
-    tiff = body[len(EXIF_HEADER) :]
-    order = _byte_order(tiff)
-    if order is None:
-        return None
-    first = int.from_bytes(tiff[4:8], order)
-    if first + 2 > len(tiff):
-        return None
-    link = first + 2 + 12 * int.from_bytes(tiff[first : first + 2], order)  # after its entries
-    if link + 4 > len(tiff):
-        return None
-    return order, len(EXIF_HEADER) + first, len(EXIF_HEADER) + link
-
-
-def xmp_without_orientation(xmp: bytes) -> bytes:
-    """The XMP packet `xmp` without its tiff:Orientation."""
-    for pattern in XMP_ORIENTATION:
-        xmp = pattern.sub(b"", xmp)
-    return xmp
 
 
 def _xmp_segment_without_orientation(body: bytes) -> bytes | None:
     """The APP1 segment for `body` without tiff:Orientation; None when it has none (shorter, so
     it still fits)."""
-    payload = xmp_without_orientation(body)
+    payload = metadata.xmp_without_orientation(body)
     if payload == body:
         return None
     return _app1_segment(payload)

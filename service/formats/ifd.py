@@ -1,5 +1,5 @@
-"""A TIFF's directories, read without decoding anything: how many numbers its largest tag holds,
-and how many entries its directories have.
+"""TIFF directories (a TIFF's pages, and every EXIF: an EXIF is a TIFF too), read without
+decoding anything: how many numbers their largest tag holds, and how many entries they have.
 
 Pillow reads every number of every tag of a directory as it opens the file, a Python object or
 more each: a 24 MB TIFF of one-row strips lists 12 million strip offsets and byte counts, which
@@ -39,7 +39,7 @@ EXIF_DIRECTORY, GPS_DIRECTORY, INTEROP_DIRECTORY = 34665, 34853, 40965
 # The types of a pointer Pillow follows, as struct formats: SHORT, LONG, SSHORT, SLONG, IFD, LONG8.
 POINTER_FORMATS = {3: "H", 4: "I", 8: "h", 9: "i", 13: "I", 16: "Q"}
 # The first four bytes -> byte order and whether it is a BigTIFF (8-byte offsets and counts).
-_HEADERS = {b"II*\0": ("<", False), b"MM\0*": (">", False), b"II+\0": ("<", True), b"MM\0+": (">", True)}
+HEADERS = {b"II*\0": ("<", False), b"MM\0*": (">", False), b"II+\0": ("<", True), b"MM\0+": (">", True)}
 
 
 class Counts(NamedTuple):
@@ -53,9 +53,9 @@ def counts(data: bytes, directories: int) -> Counts:
     interoperability directories (what Pillow's getexif() reads) hold; nothing if `data` is not a
     TIFF (an EXIF is one), and what could be read of a directory cut short (Pillow says what is
     wrong). Only numbers Pillow reads count: of a type it knows, that the data can hold."""
-    if data[:4] not in _HEADERS:
+    if data[:4] not in HEADERS:
         return Counts(0, 0, 0)
-    order, big = _HEADERS[data[:4]]
+    order, big = HEADERS[data[:4]]
     # An entry: tag, type, count of values, value or offset; a directory: entries, then the next's offset.
     entry = struct.Struct(order + ("HHQ8s" if big else "HHI4s"))
     word = struct.Struct(order + ("Q" if big else "I"))
@@ -111,9 +111,9 @@ def with_page_numbers(data: bytes, numbers: list[tuple[int, int] | None]) -> byt
     """The TIFF `data` with each directory's PageNumber entry holding numbers[i] (None: left as
     it is). Pillow's libtiff writer (any compressed TIFF) passes the pair to libtiff as a count
     and a pointer, which libtiff reads as the two numbers: (2, the low 16 bits of an address)."""
-    if data[:4] not in _HEADERS or not any(numbers):
+    if data[:4] not in HEADERS or not any(numbers):
         return data
-    order, big = _HEADERS[data[:4]]
+    order, big = HEADERS[data[:4]]
     entry = struct.Struct(order + ("HHQ" if big else "HHI"))
     count_format, offset_format = (order + "Q", order + "Q") if big else (order + "H", order + "I")
     count_size, offset_size = struct.calcsize(count_format), struct.calcsize(offset_format)

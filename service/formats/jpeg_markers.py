@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import NamedTuple
 
 SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
 # Markers with no length after them: TEM and the restart markers.
@@ -65,33 +66,53 @@ def scans(data: bytes, stop_after: int) -> int:
     return counts(data, stop_after, sys.maxsize)[0]
 
 
-def least_bytes(data: bytes) -> int:
-    """The fewest bytes a Huffman-coded picture of this frame's size can be: every 8x8 block of
-    every component costs at least one bit (its DC code) after the first scan's header. 0 when
-    the frame is not Huffman-coded or not found (arithmetic coding may spend less than a bit)."""
-    frame = scan_start = None
+class Frame(NamedTuple):
+    """What the main picture's frame header tells, read in one walk of its header segments."""
+
+    # How many samples (of all components) the frame holds a pixel: 1 for grey, 1.5 for 4:2:0
+    # colour, 3 for 4:4:4, 4 for CMYK at full resolution; 0 when no frame is found.
+    samples: float
+    # The fewest bytes a Huffman-coded picture of this frame's size can be: every 8x8 block of
+    # every component costs at least one bit (its DC code) after the first scan's header. 0 when
+    # the frame is not Huffman-coded or not found (arithmetic coding may spend less than a bit).
+    least_bytes: int
+
+
+def frame(data: bytes) -> Frame:
+    first = huffman = scan_start = None
     for marker, start, end in segments(data):
-        if marker in SOF_HUFFMAN and frame is None:
-            frame = data[start + 4 : end]
+        if marker in START_OF_FRAME and first is None:
+            first = data[start + 4 : end]
+        if marker in SOF_HUFFMAN and huffman is None:
+            huffman = data[start + 4 : end]
         elif marker == SOS:
             scan_start = end
-    if frame is None or scan_start is None or len(frame) < 6:
+    return Frame(_samples(first), _least_bytes(huffman, scan_start))
+
+
+def least_bytes(data: bytes) -> int:
+    return frame(data).least_bytes
+
+
+def samples_per_pixel(data: bytes) -> float:
+    return frame(data).samples
+
+
+def _least_bytes(header: bytes | None, scan_start: int | None) -> int:
+    if header is None or scan_start is None or len(header) < 6:
         return 0
-    height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
-    factors, most_h, most_v = _sampling(frame)
+    height, width = int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big")
+    factors, most_h, most_v = _sampling(header)
     if not most_h or not most_v:
         return 0
     blocks = sum(_ceil(_ceil(width * h, most_h), 8) * _ceil(_ceil(height * v, most_v), 8) for h, v in factors)
     return scan_start + _ceil(blocks, 8)
 
 
-def samples_per_pixel(data: bytes) -> float:
-    """How many samples (of all components) the first frame holds a pixel: 1 for grey, 1.5 for
-    4:2:0 colour, 3 for 4:4:4, 4 for CMYK at full resolution; 0 when no frame is found."""
-    frame = next((data[start + 4 : end] for marker, start, end in segments(data) if marker in START_OF_FRAME), None)
-    if frame is None or len(frame) < 6:
+def _samples(header: bytes | None) -> float:
+    if header is None or len(header) < 6:
         return 0
-    factors, most_h, most_v = _sampling(frame)
+    factors, most_h, most_v = _sampling(header)
     return sum(h * v for h, v in factors) / (most_h * most_v) if most_h and most_v else 0
 
 
