@@ -183,6 +183,7 @@ class Outcome:
     seconds: float
     detail: str = ""  # the exception (type: message), or the result's format and size
     dropped: tuple[str, ...] = ()
+    digest: str = ""  # the answer's SHA-256, for a flipped file
 
     @property
     def ok(self) -> bool:
@@ -215,7 +216,7 @@ def flip_file(path: Path, direction: str = "vertical") -> Outcome:
     dropped = tuple(getattr(result, "dropped", ()))
     if not _pillow_decodes(result.data, [result.format]):
         return Outcome(path.name, BAD_OUTPUT, seconds, detail, dropped)
-    return Outcome(path.name, FLIPPED, seconds, detail, dropped)
+    return Outcome(path.name, FLIPPED, seconds, detail, dropped, hashlib.sha256(result.data).hexdigest())
 
 
 def _pillow_decodes(data: bytes, formats: list[str]) -> bool:
@@ -299,7 +300,7 @@ def run(files: list[Path], base: Path, timeout: float = 30.0, workers: int = 2,
                     try:
                         outcome = worker.conn.recv()
                         outcomes.append(Outcome(name(worker.path), outcome.kind, outcome.seconds,
-                                                outcome.detail, outcome.dropped))
+                                                outcome.detail, outcome.dropped, outcome.digest))
                     except (EOFError, OSError):
                         worker.process.join(1)
                         outcomes.append(Outcome(name(worker.path), CRASH, elapsed,

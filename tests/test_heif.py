@@ -14,6 +14,7 @@ from service.sample import make_sample
 from tests.flips import SRGB, WEIGHTS, counted, exif_tags
 from tests.pictures import (
     SIZE,
+    animation,
     decode,
     encode,
     photo,
@@ -286,3 +287,20 @@ def test_heic_and_avif_with_bytes_changed_are_flipped_or_not_images(fmt):
     assert set(outcomes) <= {fmt, "not an image", "too large"} and "not an image" in outcomes
 
 
+
+def test_an_avif_sequence_keeps_its_own_times_not_the_clock_of_its_flip():
+    # libavif writes the time of writing into the movie, track and media headers.
+    made_at = (3_900_000_000, 3_900_000_060)  # seconds since 1904, in 2027
+    source = heif.with_times(animation("AVIF")[0], made_at)
+    assert heif.movie_times(source) == made_at
+    flipped = heif.box_times(imaging.flip(source).data)
+    assert {kind for kind, _ in flipped} == {b"mvhd", b"tkhd", b"mdhd"}
+    assert {times for _, times in flipped} == {made_at}
+
+
+def test_movie_boxes_nested_past_any_sequence_cost_a_bounded_walk():
+    nested = b""
+    for _ in range(5_000):
+        nested = (len(nested) + 8).to_bytes(4, "big") + b"moov" + nested
+    assert heif.movie_times(nested) == (0, 0)
+    assert heif.movie_times(b"\0\0\0\x08trak" * 100_000) == (0, 0)

@@ -15,6 +15,7 @@ from loadtest.memory import allocator_environment
 from service import imaging
 from service.formats import webp
 from service.sample import make_sample
+from tests.corpus import malformed_requests
 from tests.crafted_jpeg import many_scans_jpeg
 from tests.flips import PHONE_PEAK_SCRIPT, exif_tags
 from tests.pictures import (
@@ -318,3 +319,30 @@ def test_a_flip_holds_at_most_the_memory_its_pixels_count_for(tmp_path, fmt, mod
     assert peak < allowed * pixels + 16 * 2**20  # and the codecs' fixed buffers
 
 
+
+def _every_kind_of_picture() -> dict[str, bytes]:
+    """A picture of every format and mode the service writes, animations, pages, and the
+    malformed corpus's pictures that still decode."""
+    pictures = {f"{fmt} {mode} {params}": encode(picture(mode), fmt, **params) for fmt, mode, params in LOSSLESS}
+    pictures |= {f"{fmt} photo": encode(photo(), fmt) for fmt in ("JPEG", "WEBP", "AVIF", "HEIF")}
+    pictures |= {f"{fmt} animation": animation(fmt)[0] for fmt in ("GIF", "PNG", "WEBP", "AVIF", "TIFF")}
+    pictures |= {f"malformed {bad.name}": bad.body for bad in malformed_requests() if bad.may_decode and bad.body}
+    return pictures
+
+
+def test_a_picture_sent_twice_gets_the_same_bytes_twice():
+    # An answer is a function of its picture: nothing of the process, its memory or its clock
+    # (a second apart: file formats keep times in seconds) in it.
+    def answers():
+        found = {}
+        for name, data in pictures.items():
+            try:
+                found[name] = imaging.flip(data).data
+            except imaging.ImageError as exc:
+                found[name] = str(exc).encode()
+        return found
+
+    pictures = _every_kind_of_picture()
+    first = answers()
+    time.sleep(1.1)
+    assert [name for name, data in answers().items() if data != first[name]] == []

@@ -77,6 +77,17 @@ def test_every_picture_is_flipped_or_refused_quickly(images):
     assert not failures, f"{len(failures)} of {len(files)} files:\n" + "\n".join(failures)
 
 
+def test_every_picture_sent_twice_gets_the_same_bytes_twice(images):
+    # An answer is a function of its picture: nothing of the process, its memory or its clock in
+    # it. The second pass runs in other children, seconds after the first.
+    files = corpus.corpus_files()
+    first, second = (corpus.run(files, images, timeout=KILL_AFTER_SECONDS, workers=2) for _ in range(2))
+    flipped = {o.name: o.digest for o in first if o.kind == corpus.FLIPPED}
+    assert len(flipped) > 500, f"only {len(flipped)} files flipped"
+    differ = sorted(o.name for o in second if o.name in flipped and o.digest != flipped[o.name])
+    assert differ == [], f"{len(differ)} of {len(flipped)} flipped files answered differently the second time"
+
+
 @pytest.mark.docker
 def test_every_picture_through_nginx_gets_a_flip_or_a_json_4xx_quickly(images, stack):
     flipfleet = stack(2)

@@ -1,7 +1,8 @@
 """HEIC (HEVC in HEIF, through pillow-heif) and AVIF (AV1 in HEIF, Pillow's own): decoded and
 written again at quality 90, neither keeping a quality setting to reuse. A flip keeps the EXIF
 (less the orientation), the XMP, the ICC profile or NCLX colour description, the chroma
-subsampling and, for HEIC, the other images of the file and their metadata items; depth and
+subsampling, an AVIF sequence's frames and its creation and modification times, and, for HEIC,
+the other images of the file and their metadata items; depth and
 auxiliary images are not read, as they would not be flipped with the picture. A HEIC of 10 or 12
 bits a sample is written at 8 (Flipped.dropped names it)."""
 
@@ -35,6 +36,13 @@ AV1C_MOST = 1_000
 # chroma subsampling bits.
 AV1C = b"av1C"
 AV1_SUBSAMPLING = {(0, 0): "4:4:4", (1, 0): "4:2:2", (1, 1): "4:2:0"}
+# ISO BMFF boxes that hold the sequence's tracks, and those that hold a creation and a
+# modification time (movie, track, media header): libavif writes its clock's time into each.
+MOVIE_CONTAINERS = frozenset({b"moov", b"trak", b"mdia"})
+TIMED_BOXES = frozenset({b"mvhd", b"tkhd", b"mdhd"})
+# An AVIF sequence has a few boxes a track; 1,000 are walked in microseconds.
+BOXES_MOST = 1_000
+SOURCE_TIMES = "source_times"  # the writer's parameter that Avif.prepare_write takes back
 
 
 class Heif(Format):
@@ -74,7 +82,14 @@ class Avif(Format):
         if im.info.get("xmp"):
             # Pillow writes only the XMP it is given; taken out, its orientation is not applied twice.
             params["xmp"] = metadata.xmp_without_orientation(im.info["xmp"])
+        params[SOURCE_TIMES] = movie_times(data)
         return params
+
+    def prepare_write(self, frames, pages):
+        return pages[0].pop(SOURCE_TIMES, (0, 0))
+
+    def finish_write(self, data, frames, prepared):
+        return with_times(data, prepared)
 
 
 def av1_subsampling(data: bytes) -> str | None:
@@ -91,6 +106,57 @@ def av1_subsampling(data: bytes) -> str | None:
         at = data.find(AV1C, at + 4)
     found = [value for value in found if value]
     return min(found, key=list(AV1_SUBSAMPLING.values()).index) if found else None
+
+
+def movie_times(data: bytes) -> tuple[int, int]:
+    """The creation and modification times of the AVIF sequence's movie header (mvhd), in seconds
+    since 1904; (0, 0), "unknown", for a still picture or when none is found in BOXES_MOST boxes."""
+    return next((times for kind, times in box_times(data) if kind == b"mvhd"), (0, 0))
+
+
+def box_times(data: bytes) -> list[tuple[bytes, tuple[int, int]]]:
+    """(type, (creation, modification)) of each movie, track and media header of the AVIF."""
+    return [(kind, (int.from_bytes(data[at + 4 : at + 4 + width], "big"),
+                    int.from_bytes(data[at + 4 + width : at + 4 + 2 * width], "big")))
+            for kind, at, width in _timed_boxes(data)]
+
+
+def with_times(data: bytes, times: tuple[int, int]) -> bytes:
+    """The AVIF `data` with `times` (creation, modification) in each movie, track and media
+    header: libavif writes the time of writing there, which would make each answer differ from
+    the last and tell the replica's clock. Unchanged for a still picture."""
+    patched = None
+    for _, at, width in _timed_boxes(data):
+        patched = patched or bytearray(data)
+        for index, value in enumerate(times):
+            start = at + 4 + index * width
+            patched[start : start + width] = min(value, 2 ** (8 * width) - 1).to_bytes(width, "big")
+    return bytes(patched) if patched else data
+
+
+def _timed_boxes(data: bytes, start: int = 0, end: int | None = None, walked: list | None = None,
+                 depth: int = 0):
+    """(type, where its body starts, the bytes of a time: 4 or 8 by its version) of each mvhd, tkhd
+    and mdhd box that holds both its times, within the first BOXES_MOST boxes of the movie."""
+    end = len(data) if end is None else end
+    walked = [0] if walked is None else walked
+    at = start
+    while at + 8 <= end and walked[0] < BOXES_MOST:
+        walked[0] += 1
+        size, kind, header = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8], 8
+        if size == 1:  # a 64-bit size follows the type
+            size, header = int.from_bytes(data[at + 8 : at + 16], "big"), 16
+        elif size == 0:  # to the end of its container
+            size = end - at
+        if size < header or at + size > end:
+            return
+        if kind in MOVIE_CONTAINERS and depth < len(MOVIE_CONTAINERS):  # moov, trak, mdia: three deep
+            yield from _timed_boxes(data, at + header, at + size, walked, depth + 1)
+        elif kind in TIMED_BOXES and size > header:
+            width = 8 if data[at + header] == 1 else 4
+            if size >= header + 4 + 2 * width:  # the version and flags, then the two times
+                yield kind, at + header, width
+        at += size
 
 
 HEIF, AVIF = Heif(), Avif()
