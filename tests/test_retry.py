@@ -62,6 +62,8 @@ def test_a_flip_whose_replica_dies_is_sent_once_more_to_another_and_never_to_a_t
     nginx = ip_address(flipfleet, flipfleet.container_ids("nginx")[0])
     pids = {container: int(flipfleet.inspect(container, "{{.State.Pid}}")) for container in flipfleet.container_ids()}
     idle = {container: connections_from(pid, nginx) for container, pid in pids.items()}
+    # Read now: a killed replica has no address until Docker has started it again.
+    addresses = {ip_address(flipfleet, container): container for container in pids}
     answers = []
     sender = threading.Thread(target=lambda: answers.append(client.post(
         flipfleet.url + "/flip", slow, {"Content-Type": "image/jpeg", "X-Request-ID": "killed-under"}, timeout=60)))
@@ -95,7 +97,6 @@ def test_a_flip_whose_replica_dies_is_sent_once_more_to_another_and_never_to_a_t
           f"{answer.body.decode(errors='replace')[:120]}; nginx tried {', '.join(logged['upstreams'])} "
           f"({', '.join(logged['upstream_statuses'])}), sent it {len(logged['sent_to'])} times")
     sent_to = [address.removesuffix(f":{REPLICA_PORT}") for address in logged["sent_to"]]
-    addresses = {ip_address(flipfleet, container): container for container in pids}
     assert len(sent_to) == 2, logged
     if kills == 1:
         # The second replica flipped it until the deadline and refused it with its own 422.
