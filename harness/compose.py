@@ -21,7 +21,8 @@ FLIP_CLIENT_LATE_S = 1.0
 # nginx's log_format flipfleet (nginx/nginx.conf.template).
 NGINX_ACCESS = re.compile(
     r'rid=(?P<rid>\S+) "(?P<request>[^"]*)" (?P<status>\d{3}) \d+ upstream=(?P<upstreams>.*?) '
-    r"upstream_status=(?P<upstream_statuses>.*?) upstream_time=(?P<upstream_times>.*?) time="
+    r"upstream_status=(?P<upstream_statuses>.*?) upstream_time=(?P<upstream_times>.*?) "
+    r"upstream_sent=(?P<upstream_sent>.*?) time="
 )
 # nginx separates the tries of one pass by ", " and a second pass (an error_page's) by " : ".
 TRIES = re.compile(r", | : ")
@@ -239,8 +240,9 @@ class Stack:
 
     def nginx_requests(self) -> list[dict]:
         """nginx's access log, a dict per request: request, status, and the replicas tried in order
-        (`upstreams`, `upstream_statuses`, `upstream_times`: one entry per replica tried, over both
-        passes of a request nginx tried again after its own 502 or 504; `passes` counts them)."""
+        (`upstreams`, `upstream_statuses`, `upstream_times`, `upstream_sent`: one entry per replica
+        tried, over both passes of a request nginx tried again after its own 502 or 504; `passes`
+        counts them), and `sent_to`: the replicas of the tries that sent the request (not a failed connect)."""
         found = []
         for match in NGINX_ACCESS.finditer(self.logs("nginx")):
             entry = match.groupdict()
@@ -249,6 +251,9 @@ class Stack:
             entry["upstreams"] = TRIES.split(entry["upstreams"])
             entry["upstream_statuses"] = TRIES.split(entry["upstream_statuses"])
             entry["upstream_times"] = [float(t) if t != "-" else None for t in TRIES.split(entry["upstream_times"])]
+            entry["upstream_sent"] = [int(b) if b != "-" else 0 for b in TRIES.split(entry["upstream_sent"])]
+            tries = zip(entry["upstreams"], entry["upstream_sent"], strict=True)
+            entry["sent_to"] = [address for address, sent in tries if sent > 0]
             found.append(entry)
         return found
 

@@ -80,7 +80,7 @@ class GracefulServer:
     def drain(self) -> int:
         server = self.server
         # Closing the listener resets the connections the kernel holds for it, on which nginx may
-        # already have sent a flip it never sends again: take them in first. Then stop accepting:
+        # already have sent a flip it sends again only once: take them in first. Then stop accepting:
         # new connections are refused, and nginx tries another replica.
         # (dispatcher.close, not server.close: that would also close the wake-up trigger.)
         self._accept_waiting()

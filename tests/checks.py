@@ -20,8 +20,9 @@ JSON_503 = re.compile(r'status 503, not 200 \(Retry-After: 1\): \{"error":"[^"]*
 
 def failures_of_a_kill(errors: dict[str, int]) -> tuple[int, int, dict[str, int]]:
     """A locust run's /flip errors split into what a killed replica may cost: answers cut while it
-    sent them, its flips refused with nginx's JSON 503 and Retry-After (never sent on: a flip that
-    reached a replica may be what killed it), and anything else (which no kill explains)."""
+    sent them, flips refused with nginx's JSON 503 and Retry-After (nginx sends a flip whose replica
+    died to one other replica only: a flip may be what killed it), and anything else (which no kill
+    explains)."""
     cut = sum(count for error, count in errors.items() if "Incomplete response" in error)
     refused = sum(count for error, count in errors.items() if JSON_503.search(error))
     other = {error: count for error, count in errors.items()
@@ -37,9 +38,9 @@ CLOSED = re.compile(
 
 def failures_of_a_lost_node(errors: dict[str, int]) -> tuple[int, int, dict[str, int]]:
     """A locust run's /flip errors split into what losing a node may cost: connections closed before
-    a whole answer (those in flight through its nginx, and answers its replicas were sending), the
-    flips its replicas held, refused with nginx's JSON 503 and Retry-After (never sent on), and
-    anything else (which the loss does not explain)."""
+    a whole answer (those in flight through its nginx, and answers its replicas were sending), flips
+    refused with nginx's JSON 503 and Retry-After (one that its replica held is sent to one other
+    replica only), and anything else (which the loss does not explain)."""
     closed = sum(count for error, count in errors.items() if CLOSED.search(error))
     refused = sum(count for error, count in errors.items() if JSON_503.search(error))
     other = {error: count for error, count in errors.items() if not CLOSED.search(error) and not JSON_503.search(error)}

@@ -189,7 +189,7 @@ print(count)
 
 def test_every_flip_reaches_its_replica_on_a_new_connection(running_stack):
     # A connection nginx kept after a flip could carry the next one just as its replica, stopping,
-    # closes it as idle: that flip would be lost, as nginx never resends a POST.
+    # closes it as idle: that flip would spend there the one resend kept for a replica that dies under it.
     replica = running_stack.container_ids()[0]
 
     def connections_from_outside() -> int:
