@@ -12,7 +12,7 @@ import pytest
 
 from harness import client, wait_for
 from tests.checks import assert_json_503
-from tests.pictures import many_scans_jpeg
+from tests.crafted_jpeg import many_scans_jpeg
 
 pytestmark = pytest.mark.docker
 
