@@ -5,7 +5,8 @@
 # nginx and the replicas agree. Needs FLIP_UPSTREAM (the replicas' host:port); WEB_REPLICAS is how
 # many to admit for at start (else as many as DNS lists then); NGINX_PEERS, a name that DNS
 # answers with every nginx, makes each admit its share (else NGINX_INSTANCES, 1).
-# docs/operations.md describes every variable.
+# FLIP_API_KEYS_FILE, a file of `name key` lines, makes every POST /flip need a listed key; the
+# file is read again whenever it changes. docs/operations.md describes every variable.
 #   NGINX_CONF=out.conf nginx/entrypoint.sh --render-only   # write the config, run nothing
 #   nginx/entrypoint.sh --plan                              # print what it admits, as KEY=VALUE
 #   nginx/entrypoint.sh --reload                            # fill in again, reload a running nginx
@@ -22,6 +23,8 @@ small_bodies=128 small_body_bytes=1000000
 # nginx's own memory beside the bodies and answers it holds: workers, zones, connections.
 base_bytes=$((64 << 20))
 follow_seconds=5
+keys_file=${FLIP_API_KEYS_FILE:-}
+keys_conf=${NGINX_KEYS_CONF:-$(dirname "$out")/api-keys.conf}
 
 log() { echo "flipfleet-nginx: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -48,6 +51,40 @@ done
 for network in $NGINX_TRUSTED_PROXIES; do
   [[ $network =~ ^[0-9a-fA-F.:]+(/[0-9]{1,3})?$ ]] || die "NGINX_TRUSTED_PROXIES: '$network' is not an address or network"
 done
+
+# render_keys: write the map from each key of $keys_file to its name (none without the file),
+# atomically. A line it cannot take fails it, naming the line but never the key it holds.
+render_keys() {
+  local line number=0 name key rest keys=0
+  local -A seen=()
+  {
+    echo 'map $flip_presented_key $flip_key_name {'
+    echo '    default "";'
+    if [[ -n $keys_file ]]; then
+      [[ -r $keys_file && -f $keys_file ]] || { log "error: cannot read the API keys file $keys_file"; return 1; }
+      while IFS= read -r line || [[ -n $line ]]; do
+        number=$((number + 1))
+        line=${line%%#*}
+        read -r name key rest <<<"$line" || true
+        [[ -n $name ]] || continue
+        local where="$keys_file line $number"
+        [[ -n $key && -z $rest ]] || { log "error: $where: want a name and a key, separated by spaces"; return 1; }
+        [[ $name =~ ^[A-Za-z0-9._-]{1,64}$ ]] ||
+          { log "error: $where: a name is 1 to 64 letters, digits, '.', '_' or '-'"; return 1; }
+        [[ $key =~ ^[A-Za-z0-9._+/=-]{16,128}$ ]] ||
+          { log "error: $where ($name): a key is 16 to 128 letters, digits, '.', '_', '+', '/', '=' or '-'"; return 1; }
+        [[ -z ${seen[$key]:-} ]] || { log "error: $where ($name): the same key as line ${seen[$key]}"; return 1; }
+        seen[$key]=$number keys=$((keys + 1))
+        echo "    \"$key\" \"$name\";"
+      done <"$keys_file"
+    fi
+    echo '}'
+  } >"$keys_conf.new" || { rm -f "$keys_conf.new"; return 1; }
+  mv "$keys_conf.new" "$keys_conf"
+  [[ -z $keys_file ]] || log "API keys: $keys listed in $keys_file; a POST /flip without one of them gets the JSON 401"
+}
+# What the keys file holds now (its checksum), to see it change; empty without keys.
+keys_state() { [[ -z $keys_file ]] || cksum <"$keys_file" 2>/dev/null || echo unreadable; }
 
 # This container's memory limit (cgroup v2, then v1), or NGINX_MEMORY_BYTES; empty when unlimited.
 memory_limit() {
@@ -95,7 +132,10 @@ render() {
   # Only the template's own ${NAME}s: nginx's $variables stay as they are.
   # shellcheck disable=SC2016
   placeholders=$(grep -o '\${[A-Z_]*}' "$template" | sort -u | tr -d '\n')
+  local key_check=''
+  [[ -z $keys_file ]] || key_check='if ($flip_key_name = "") { return 401; }'
   REPLICAS=$1 MAX_CONNS=$max_conns ADMITTED_LARGE=$large ADMITTED_SMALL=$small REAL_IP=$real_ip \
+    KEYS_CONF=$keys_conf KEY_CHECK=$key_check \
     CLIENT_SLOTS=$((FLIP_CLIENT_SHARE + $3)) \
     ANSWER_BUFFERS="${answer_buffers[0]} ${answer_buffers[1]}k" FLIP_MAX_BYTES_TEXT=$(with_commas "$FLIP_MAX_BYTES") \
     envsubst "$placeholders" <"$template" >"$out.new"
@@ -127,11 +167,18 @@ reload() {
   nginx -t -q -c "$out" -e stderr && nginx -s reload -c "$out" -e stderr
 }
 
+# Every few seconds: the replicas and nginx DNS lists, and the keys file. A keys file that no
+# longer reads keeps the keys in use (and says why) until it is fixed.
 follow() {
-  local replicas=$1 instances=$2 seen_replicas seen_instances
+  local replicas=$1 instances=$2 keys seen_replicas seen_instances seen_keys
+  keys=$(keys_state)
   while sleep "$follow_seconds"; do
-    seen_replicas=$(replicas_now "$replicas") seen_instances=$(instances_now "$instances")
-    [[ $seen_replicas != "$replicas" || $seen_instances != "$instances" ]] || continue
+    seen_replicas=$(replicas_now "$replicas") seen_instances=$(instances_now "$instances") seen_keys=$(keys_state)
+    [[ $seen_replicas != "$replicas" || $seen_instances != "$instances" || $seen_keys != "$keys" ]] || continue
+    if [[ $seen_keys != "$keys" ]]; then
+      keys=$seen_keys
+      render_keys || { log "keeping the API keys in use"; continue; }
+    fi
     reload "$seen_replicas" "$seen_instances" && replicas=$seen_replicas instances=$seen_instances
   done
 }
@@ -144,9 +191,10 @@ case ${1-} in
     printf '%s\n' "MAX_CONNS=$max_conns" "ADMITTED_LARGE=$large" "ADMITTED_SMALL=$small" "NEEDED_BYTES=$need" \
       "NEEDED_AFTER_RELOAD_BYTES=$after_reload" "MEMORY_LIMIT_BYTES=$(memory_limit || true)" \
       "CLIENT_SHARE=$FLIP_CLIENT_SHARE" ;;
-  --render-only) render "$WEB_REPLICAS" "$NGINX_INSTANCES" 0 ;;
-  --reload) reload "$(replicas_now)" "$(instances_now)" ;;
+  --render-only) render_keys || exit 1; render "$WEB_REPLICAS" "$NGINX_INSTANCES" 0 ;;
+  --reload) render_keys || exit 1; reload "$(replicas_now)" "$(instances_now)" ;;
   *)
+    render_keys || die "nginx not started"
     render "$WEB_REPLICAS" "$(instances_now)" 0
     nginx -t -q -c "$out" -e stderr
     follow "$WEB_REPLICAS" "$(instances_now)" &

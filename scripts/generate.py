@@ -77,10 +77,11 @@ def dump(data) -> str:
 
 
 def compose_defaults(text: str) -> dict[str, str]:
-    """Each ${VAR:-default} of compose.yaml: the first default it gives the variable."""
+    """Each ${VAR:-default} of compose.yaml: the first default it gives the variable ("" for a file
+    whose default is /dev/null: a bind mount of nothing when the variable is unset)."""
     found: dict[str, str] = {}
     for name, _, default in VARIABLE.findall(text):
-        found.setdefault(name, default)
+        found.setdefault(name, "" if default == "/dev/null" else default)
     return found
 
 

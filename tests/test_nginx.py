@@ -131,14 +131,21 @@ def test_the_client_address_comes_from_trusted_proxies_only(tmp_path, trusted, e
     assert directive(conf, "real_ip_header") == (["X-Forwarded-For"] if expected else [])
 
 
-def test_every_client_limit_keys_on_the_client_address(tmp_path):
+def test_every_client_limit_keys_on_the_client_its_address_or_its_keys_name(tmp_path):
     conf, _ = render(tmp_path)
     zones = {line.split()[1].split("=")[1].split(":")[0]: line.split()[0] for line in directive(conf, "limit_conn_zone")
              + directive(conf, "limit_req_zone")}
     assert zones["client_bodies"] == "$flip_client_body"
     assert zones["bodyless"] == "$flip_client_bodyless" and zones["sample"] == "$flip_client_sample"
-    for variable in ("$flip_client_body", "$flip_client_bodyless", "$flip_client_sample"):
-        assert re.search(rf"map [^{{]*\{variable} \{{[^}}]*\$binary_remote_addr;", conf), variable
+
+    def maps_to(variable: str, value: str) -> bool:
+        return bool(re.search(rf"map [^{{]*\{variable} \{{[^}}]*\{value};", conf))
+
+    # Requests without a body on the address; a flip on its client: the address without a key.
+    assert maps_to("$flip_client_bodyless", "$binary_remote_addr")
+    assert maps_to("$flip_client_body", "$flip_client") and maps_to("$flip_client_sample", "$flip_client")
+    client = r'map \$flip_key_name \$flip_client \{\s*""\s+\$binary_remote_addr;\s*default\s+"key:\$flip_key_name";'
+    assert re.search(client, conf)
 
 
 def test_web_replicas_default_is_written_once_in_compose():
