@@ -58,6 +58,7 @@ render_keys() {
   local line number=0 name key rest keys=0
   local -A seen=()
   {
+    # shellcheck disable=SC2016  # nginx's variables, written as they are
     echo 'map $flip_presented_key $flip_key_name {'
     echo '    default "";'
     if [[ -n $keys_file ]]; then
@@ -133,6 +134,7 @@ render() {
   # shellcheck disable=SC2016
   placeholders=$(grep -o '\${[A-Z_]*}' "$template" | sort -u | tr -d '\n')
   local key_check=''
+  # shellcheck disable=SC2016  # nginx's variable, written as it is
   [[ -z $keys_file ]] || key_check='if ($flip_key_name = "") { return 401; }'
   REPLICAS=$1 MAX_CONNS=$max_conns ADMITTED_LARGE=$large ADMITTED_SMALL=$small REAL_IP=$real_ip \
     KEYS_CONF=$keys_conf KEY_CHECK=$key_check \

@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from service import imaging
 from service.config import Settings
+from service.formats import READ_MEDIA_TYPES
 from service.gate import Busy, ClientGone, FlipGate, OverShare, Turn
 from service.metrics import Metrics, MetricsMiddleware
 from service.sample import load_sample
@@ -190,7 +191,7 @@ def _flip(gate: FlipGate, turn: Turn, data: bytes, direction: str, lossless: boo
         return _run_flip(gate, turn, data, direction, lossless, client_gone)
     except imaging.NotAnImage:
         declared = request.mimetype
-        if declared.startswith("image/") and declared not in _readable_media_types():
+        if declared.startswith("image/") and declared not in READ_MEDIA_TYPES:
             abort(415, f"{declared} is not supported; send one of {', '.join(imaging.MEDIA_TYPES)}")
         raise
 
@@ -247,11 +248,6 @@ def _raw_body() -> bytes:
     return request.environ["wsgi.input"].read(length)
 
 
-def _readable_media_types() -> set[str]:
-    # Aliases that clients send for the same formats.
-    return set(imaging.MEDIA_TYPES.values()) | {"image/jpg", "image/pjpeg", "image/x-ms-bmp", "image/x-png",
-                                                "image/heif", "image/heic-sequence", "image/heif-sequence",
-                                                "image/avif-sequence"}
 
 
 def _settings() -> Settings:

@@ -24,6 +24,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 )}
 # Pillow format name -> media type.
 MEDIA_TYPES = {name: f.media_type for name, f in FORMATS.items()}
+# Every Content-Type a picture may be sent under: each format's own, and the aliases clients use.
+READ_MEDIA_TYPES = frozenset(MEDIA_TYPES.values()) | {alias for f in FORMATS.values() for alias in f.media_type_aliases}
 # Every Pillow name of a picture the service reads -> the format it is written back as.
 BY_PILLOW_NAME = {**FORMATS, **{other: f for f in FORMATS.values() for other in f.also_named}}
 

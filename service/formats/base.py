@@ -223,6 +223,7 @@ class Format:
 
     name = ""  # Pillow's name for it
     media_type = ""
+    media_type_aliases: tuple[str, ...] = ()  # what clients also send for it, accepted as its media type
     also_named: tuple[str, ...] = ()  # Pillow's names of pictures written back as this format
     signatures: tuple[bytes, ...] = ()  # how its data starts: walk() reads it before Pillow does
     # (memory format, with alpha) -> bytes a pixel a flip held at its peak, where it is over

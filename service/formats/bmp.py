@@ -21,6 +21,7 @@ V4_FIELDS = struct.pack("<4I", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000) +
 
 class Bmp(Format):
     name, media_type = "BMP", "image/bmp"
+    media_type_aliases = ("image/x-ms-bmp",)
     slow_pixel_weights = {RLE: 8}
 
     def memory_format(self, frame, data, walk):

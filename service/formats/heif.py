@@ -47,6 +47,7 @@ SOURCE_TIMES = "source_times"  # the writer's parameter that Avif.prepare_write 
 
 class Heif(Format):
     name, media_type = "HEIF", "image/heic"
+    media_type_aliases = ("image/heif", "image/heic-sequence", "image/heif-sequence")
     peak_bytes_per_pixel = {("HEIF", False): 10, ("HEIF", True): 45}
 
     def narrowed_to_8_bits(self, frame):
@@ -71,6 +72,7 @@ class Heif(Format):
 
 class Avif(Format):
     name, media_type = "AVIF", "image/avif"
+    media_type_aliases = ("image/avif-sequence",)
     peak_bytes_per_pixel = {("AVIF", False): 32, ("AVIF", True): 36}
 
     def save_params(self, im, data, params, walk, turned, later_page):

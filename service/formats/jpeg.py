@@ -41,6 +41,7 @@ THREE_SAMPLES, FOUR_SAMPLES = "JPEG of 3 samples a pixel", "JPEG of 4 samples a 
 
 class Jpeg(Format):
     name, media_type = "JPEG", "image/jpeg"
+    media_type_aliases = ("image/jpg", "image/pjpeg")
     also_named = ("MPO",)
     signatures = (b"\xff\xd8",)
     peak_bytes_per_pixel = {(THREE_SAMPLES, False): 13, (FOUR_SAMPLES, False): 17}

@@ -57,6 +57,7 @@ class Chunks:
 
 class Png(Format):
     name, media_type = "PNG", "image/png"
+    media_type_aliases = ("image/x-png",)
     signatures = (SIGNATURE,)
 
     def walk(self, data, limits):
