@@ -213,7 +213,7 @@ def test_unset_no_cors_header_and_options_is_the_replicas(running_stack, pages):
     assert flipped.status == 200 and cors_headers(flipped.headers) == {} and "Vary" not in flipped.headers
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def chromium():
     """Debian's chromium; a skip without it (a failure under CI, which installs it)."""
     found = shutil.which("chromium")
@@ -238,7 +238,7 @@ def open_page(chromium: str, page: str, stack_url: str, profile: Path) -> dict:
 
 
 @pytest.mark.docker
-def test_a_web_page_of_a_listed_origin_flips_with_a_key_and_another_is_refused(cors_stack, pages, chromium,
+def test_a_web_page_of_a_listed_origin_flips_with_a_key_and_another_is_refused(chromium, cors_stack, pages,
                                                                                 tmp_path):
     listed, unlisted = pages
     seen = open_page(chromium, listed, cors_stack.url, tmp_path / "listed")
