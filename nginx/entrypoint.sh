@@ -6,7 +6,8 @@
 # many to admit for at start (else as many as DNS lists then); NGINX_PEERS, a name that DNS
 # answers with every nginx, makes each admit its share (else NGINX_INSTANCES, 1).
 # FLIP_API_KEYS_FILE, a file of `name key` lines, makes every POST /flip need a listed key; the
-# file is read again whenever it changes. docs/operations.md describes every variable.
+# file is read again whenever it changes. FLIP_CORS_ORIGINS, origins separated by spaces, lets web
+# pages of those origins call /flip. docs/operations.md describes every variable.
 #   NGINX_CONF=out.conf nginx/entrypoint.sh --render-only   # write the config, run nothing
 #   nginx/entrypoint.sh --plan                              # print what it admits, as KEY=VALUE
 #   nginx/entrypoint.sh --reload                            # fill in again, reload a running nginx
@@ -50,6 +51,25 @@ for name in WEB_REPLICAS FLIP_QUEUE FLIP_MAX_BYTES FLIP_CLIENT_SHARE FLIP_ANSWER
 done
 for network in $NGINX_TRUSTED_PROXIES; do
   [[ $network =~ ^[0-9a-fA-F.:]+(/[0-9]{1,3})?$ ]] || die "NGINX_TRUSTED_PROXIES: '$network' is not an address or network"
+done
+
+# FLIP_CORS_ORIGINS: each origin as a browser sends it in Origin (lower case, no default port), for
+# the map of listed origins; a malformed one stops nginx, named. Never "*": only listed pages.
+cors_origins='' cors_listed=''
+origin_host='\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?'
+read -r -a origins <<<"${FLIP_CORS_ORIGINS:-}"
+for origin in "${origins[@]}"; do
+  [[ $origin != "*" ]] || die "FLIP_CORS_ORIGINS: '*' is not allowed: list each origin (scheme://host[:port])"
+  [[ ${origin,,} =~ ^(https?)://($origin_host)(:([1-9][0-9]{0,4}))?$ ]] ||
+    die "FLIP_CORS_ORIGINS: '$origin' is not an origin: scheme://host[:port], http or https, no path"
+  scheme=${BASH_REMATCH[1]} port=${BASH_REMATCH[5]}
+  [[ -z $port ]] || ((port <= 65535)) || die "FLIP_CORS_ORIGINS: '$origin': no such port"
+  [[ "$scheme:$port" != http:80 && "$scheme:$port" != https:443 ]] ||
+    die "FLIP_CORS_ORIGINS: '$origin': a browser sends it without its default port"
+  origin=${BASH_REMATCH[0]}
+  [[ " $cors_listed " != *" $origin "* ]] || continue
+  cors_listed+="${cors_listed:+ }$origin"
+  cors_origins+="${cors_origins:+$'\n        '}\"$origin\" \"$origin\";"
 done
 
 # render_keys: write the map from each key of $keys_file to its name (none without the file),
@@ -137,7 +157,7 @@ render() {
   # shellcheck disable=SC2016  # nginx's variable, written as it is
   [[ -z $keys_file ]] || key_check='if ($flip_key_name = "") { return 401; }'
   REPLICAS=$1 MAX_CONNS=$max_conns ADMITTED_LARGE=$large ADMITTED_SMALL=$small REAL_IP=$real_ip \
-    KEYS_CONF=$keys_conf KEY_CHECK=$key_check \
+    KEYS_CONF=$keys_conf KEY_CHECK=$key_check CORS_ORIGINS=$cors_origins CORS_VARY=${cors_listed:+Origin} \
     CLIENT_SLOTS=$((FLIP_CLIENT_SHARE + $3)) \
     ANSWER_BUFFERS="${answer_buffers[0]} ${answer_buffers[1]}k" FLIP_MAX_BYTES_TEXT=$(with_commas "$FLIP_MAX_BYTES") \
     envsubst "$placeholders" <"$template" >"$out.new"
@@ -197,6 +217,7 @@ case ${1-} in
   --reload) render_keys || exit 1; reload "$(replicas_now)" "$(instances_now)" ;;
   *)
     render_keys || die "nginx not started"
+    [[ -z $cors_listed ]] || log "CORS: web pages of $cors_listed may call /flip"
     render "$WEB_REPLICAS" "$(instances_now)" 0
     nginx -t -q -c "$out" -e stderr
     follow "$WEB_REPLICAS" "$(instances_now)" &
