@@ -223,6 +223,9 @@ def test_a_replaced_certificate_is_served_after_a_reload_and_no_request_fails(st
         # (Within 2 s: the reload's new worker takes over at once, and the entrypoint's own look
         # at the files, below, comes every 5 s.)
         assert wait_for(lambda: served_certificate(flipfleet.port, pki["ca"]) == serial, timeout=2, interval=0.2)
+        # Once the old worker has stopped taking connections, only the new certificate is served.
+        time.sleep(1)
+        assert served_certificate(flipfleet.port, pki["ca"]) == serial
         reloaded = len(results)
         # Files copied over with no reload asked for: the entrypoint sees them change and reloads.
         cert.write_bytes(pki["cert"].read_bytes())
