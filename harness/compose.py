@@ -157,18 +157,20 @@ def nginx_trouble(log: str) -> list[str]:
 
 class Stack:
     """One compose project: nginx on 127.0.0.1:<ephemeral port> in front of the `web` replicas;
-    `overrides` are compose files layered over compose.yaml."""
+    `overrides` are compose files layered over compose.yaml. With `ca` (the CA that signed
+    FLIP_TLS_CERT), nginx is reached over HTTPS and its certificate checked against it."""
 
-    def __init__(self, label: str, *overrides: Path, **env: str):
+    def __init__(self, label: str, *overrides: Path, ca: Path | None = None, **env: str):
         self.project = f"{PROJECT_PREFIX}{os.getpid()}-{label}-{secrets.token_hex(3)}"
         self.overrides = overrides
         # An empty FLIP_PORT publishes nginx on an ephemeral port of 127.0.0.1 (compose.yaml).
         self.env = {"FLIP_PORT": "", "FLIP_BIND": "127.0.0.1", **env}
         self.port = 0
+        self.verify: str | bool = str(ca) if ca else True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.verify is not True else 'http'}://127.0.0.1:{self.port}"
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True):
         return run(compose_base(self.project, self.overrides) + list(args), timeout=timeout, env=self.env,
@@ -212,7 +214,7 @@ class Stack:
     def answers(self, path: str = "/", timeout: float = 2) -> bool:
         """Whether GET `path` through nginx answers 200 now."""
         try:
-            return requests.get(self.url + path, timeout=timeout).status_code == 200
+            return requests.get(self.url + path, timeout=timeout, verify=self.verify).status_code == 200
         except requests.RequestException:
             return False
 

@@ -4,13 +4,15 @@
 # of nginx). Settings come from the environment, else from the replicas' own defaults file, so
 # nginx and the replicas agree. Needs FLIP_UPSTREAM (the replicas' host:port); WEB_REPLICAS is how
 # many to admit for at start (else as many as DNS lists then); NGINX_PEERS, a name that DNS
-# answers with every nginx, makes each admit its share (else NGINX_INSTANCES, 1).
+# answers with every nginx, makes each admit its share (else NGINX_INSTANCES, 1). FLIP_TLS_CERT and
+# FLIP_TLS_KEY (a PEM certificate chain and its key) make port 8080 serve HTTPS instead of HTTP.
 # FLIP_API_KEYS_FILE, a file of `name key` lines, makes every POST /flip need a listed key; the
 # file is read again whenever it changes. FLIP_CORS_ORIGINS, origins separated by spaces, lets web
 # pages of those origins call /flip. docs/operations.md describes every variable.
 #   NGINX_CONF=out.conf nginx/entrypoint.sh --render-only   # write the config, run nothing
 #   nginx/entrypoint.sh --plan                              # print what it admits, as KEY=VALUE
 #   nginx/entrypoint.sh --reload                            # fill in again, reload a running nginx
+#                                                           # (and read the certificate and key again)
 set -euo pipefail
 
 here=$(dirname "$0")
@@ -52,6 +54,14 @@ done
 for network in $NGINX_TRUSTED_PROXIES; do
   [[ $network =~ ^[0-9a-fA-F.:]+(/[0-9]{1,3})?$ ]] || die "NGINX_TRUSTED_PROXIES: '$network' is not an address or network"
 done
+: "${FLIP_TLS_CERT:=}" "${FLIP_TLS_KEY:=}"
+if [[ -n $FLIP_TLS_CERT || -n $FLIP_TLS_KEY ]]; then
+  for name in FLIP_TLS_CERT FLIP_TLS_KEY; do
+    [[ -n ${!name} ]] || die "$name is not set: HTTPS needs both FLIP_TLS_CERT and FLIP_TLS_KEY (or neither, for plain HTTP)"
+    [[ -f ${!name} && -r ${!name} ]] || die "$name: cannot read ${!name} as uid $(id -u) (a PEM file; the key must be readable by nginx's user)"
+    grep -q -- '-----BEGIN ' "${!name}" || die "$name: ${!name} is not PEM (no -----BEGIN line)"
+  done
+fi
 
 # FLIP_CORS_ORIGINS: each origin as a browser sends it in Origin (lower case, no default port), for
 # the map of listed origins; a malformed one stops nginx, named. Never "*": only listed pages.
@@ -143,6 +153,21 @@ with_commas() {
   echo "$n"
 }
 
+# The certificate and key as they are now, as a checksum.
+tls_now() { { cat "$FLIP_TLS_CERT" "$FLIP_TLS_KEY" 2>/dev/null || true; } | cksum; }
+
+# The server block's TLS: Mozilla's "intermediate" profile (TLS 1.2 and 1.3, forward-secret AEAD
+# ciphers; its DHE ones are left out, as they need a dhparam file), HTTP/2 beside HTTP/1.1, and a
+# plain-HTTP request to this port (nginx's 497) answered with the JSON 400 rather than an HTML page.
+tls_directives() {
+  local ciphers=ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384
+  ciphers+=:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305
+  printf '%s\n        ' "http2 on;" "ssl_certificate $FLIP_TLS_CERT;" "ssl_certificate_key $FLIP_TLS_KEY;" \
+    "ssl_protocols TLSv1.2 TLSv1.3;" "ssl_ciphers $ciphers;" "ssl_prefer_server_ciphers off;" \
+    "ssl_session_cache shared:tls:10m;" "ssl_session_timeout 1d;" "ssl_session_tickets off;"
+  printf '%s' "error_page 497 =400 /_flipfleet_https;"
+}
+
 # render REPLICAS INSTANCES EXTRA: write the config to $out (atomically) and say what it admits.
 render() {
   plan "$@"
@@ -150,6 +175,15 @@ render() {
   local real_ip='' network placeholders
   for network in $NGINX_TRUSTED_PROXIES; do real_ip+="set_real_ip_from $network;"$'\n    '; done
   [[ -z $real_ip ]] || real_ip+="real_ip_header X-Forwarded-For;"$'\n    '"real_ip_recursive on;"
+  # Port 8080 speaks HTTPS with a certificate, else plain HTTP (the healthcheck's port is plain either way).
+  local listen='listen 8080;' tls='' tls_main=''
+  if [[ -n $FLIP_TLS_CERT ]]; then
+    listen='listen 8080 ssl;'
+    tls=$(tls_directives)
+    # Every reload reads the files again: nginx would keep one whose inode and mtime (in seconds)
+    # are unchanged, so a certificate copied over the last within the same second would be ignored.
+    tls_main='ssl_object_cache_inheritable off;'
+  fi
   # Only the template's own ${NAME}s: nginx's $variables stay as they are.
   # shellcheck disable=SC2016
   placeholders=$(grep -o '\${[A-Z_]*}' "$template" | sort -u | tr -d '\n')
@@ -158,10 +192,12 @@ render() {
   [[ -z $keys_file ]] || key_check='if ($flip_key_name = "") { return 401; }'
   REPLICAS=$1 MAX_CONNS=$max_conns ADMITTED_LARGE=$large ADMITTED_SMALL=$small REAL_IP=$real_ip \
     KEYS_CONF=$keys_conf KEY_CHECK=$key_check CORS_ORIGINS=$cors_origins CORS_VARY=${cors_listed:+Origin} \
-    CLIENT_SLOTS=$((FLIP_CLIENT_SHARE + $3)) \
+    LISTEN=$listen TLS=$tls TLS_MAIN=$tls_main CLIENT_SLOTS=$((FLIP_CLIENT_SHARE + $3)) \
     ANSWER_BUFFERS="${answer_buffers[0]} ${answer_buffers[1]}k" FLIP_MAX_BYTES_TEXT=$(with_commas "$FLIP_MAX_BYTES") \
     envsubst "$placeholders" <"$template" >"$out.new"
   mv "$out.new" "$out"
+  # What nginx reads at this start or reload: follow compares the files with it.
+  [[ -z $FLIP_TLS_CERT ]] || tls_now >"$out.tls"
   log "upstream $FLIP_UPSTREAM ($1 replicas), max_conns $max_conns per replica from this nginx (of $2); admitting $large" \
     "bodies of up to $FLIP_MAX_BYTES bytes and $small under 1 MB, at most $FLIP_CLIENT_SHARE from one client" \
     "(needs $((need >> 20)) MiB${memory:+ of $memory MiB})"
@@ -189,17 +225,23 @@ reload() {
   nginx -t -q -c "$out" -e stderr && nginx -s reload -c "$out" -e stderr
 }
 
-# Every few seconds: the replicas and nginx DNS lists, and the keys file. A keys file that no
-# longer reads keeps the keys in use (and says why) until it is fixed.
+# Reload when the replicas or nginx change in number, when the keys file changes, or when the
+# certificate or key differ from what the last render (this loop's or a --reload's) gave nginx: a
+# renewed Kubernetes Secret, or files copied over the mounted ones. A pair that fails nginx's check
+# (a key not copied yet) is tried again once it changes; a keys file that no longer reads keeps the
+# keys in use (and says why) until it is fixed.
 follow() {
   local replicas=$1 instances=$2 keys seen_replicas seen_instances seen_keys
   keys=$(keys_state)
   while sleep "$follow_seconds"; do
     seen_replicas=$(replicas_now "$replicas") seen_instances=$(instances_now "$instances") seen_keys=$(keys_state)
-    [[ $seen_replicas != "$replicas" || $seen_instances != "$instances" || $seen_keys != "$keys" ]] || continue
     if [[ $seen_keys != "$keys" ]]; then
       keys=$seen_keys
       render_keys || { log "keeping the API keys in use"; continue; }
+    elif [[ -n $FLIP_TLS_CERT && $(tls_now) != "$(cat "$out.tls" 2>/dev/null)" ]]; then
+      log "the certificate or key changed: reloading"
+    elif [[ $seen_replicas == "$replicas" && $seen_instances == "$instances" ]]; then
+      continue
     fi
     reload "$seen_replicas" "$seen_instances" && replicas=$seen_replicas instances=$seen_instances
   done

@@ -2,7 +2,8 @@
 # Deploy deploy/swarm/stack.yaml as stack STACK (flipfleet) to the swarm that DOCKER_HOST points
 # at, and wait until its services have converged; exits 1 if an update it started was rolled back
 # or paused. Swarm configs cannot change in place, so each is named after a hash of its file: a
-# changed nginx template is a new config, rolled out one node at a time.
+# changed nginx template is a new config, rolled out one node at a time. With FLIP_TLS_CERT and
+# FLIP_TLS_KEY, nginx serves HTTPS: deploy/swarm/tls.yaml makes them secrets, named the same way.
 # It says what it finds and chooses: the managers (three survive the loss of one), the nodes
 # labelled flipfleet.nginx=true (nginx runs on each, its port published there), and unless set,
 # WEB_REPLICAS (one per CPU of the nodes that may run replicas) and NGINX_MEMORY_LIMIT (what one
@@ -48,6 +49,18 @@ if [ -z "${NGINX_MEMORY_LIMIT:-}" ]; then
     "NGINX_MEMORY_LIMIT=$NGINX_MEMORY_LIMIT; set it to choose"
 fi
 export WEB_REPLICAS NGINX_MEMORY_LIMIT
+stack_files=(-c deploy/swarm/stack.yaml)
+if [ -n "${FLIP_TLS_CERT:-}${FLIP_TLS_KEY:-}" ]; then
+  for name in FLIP_TLS_CERT FLIP_TLS_KEY; do
+    [ -r "${!name:-}" ] || { log "error: $name: cannot read '${!name:-}' (HTTPS needs both FLIP_TLS_CERT and FLIP_TLS_KEY)"; exit 1; }
+    # Absolute (the stack file would resolve a relative one from deploy/swarm/), and a new secret
+    # name for new contents.
+    export "$name=$(realpath "${!name}")" "${name#FLIP_}_HASH=$(sha256sum "${!name}" | cut -c1-12)"
+  done
+  stack_files+=(-c deploy/swarm/tls.yaml)
+  log "HTTPS with $FLIP_TLS_CERT and its key: Swarm secrets ${FLIPFLEET_STACK}_tls_cert_$TLS_CERT_HASH and" \
+    "${FLIPFLEET_STACK}_tls_key_$TLS_KEY_HASH (deploy/swarm/tls.yaml)"
+fi
 
 declare -A before
 for service in $(docker stack services --format '{{.Name}}' "$FLIPFLEET_STACK" 2>/dev/null); do
@@ -55,10 +68,10 @@ for service in $(docker stack services --format '{{.Name}}' "$FLIPFLEET_STACK" 2
   before[$service]=${started-}
 done
 if [ -n "$nginx_nodes" ]; then
-  docker stack deploy --detach=false --quiet -c deploy/swarm/stack.yaml "$FLIPFLEET_STACK" >&2
+  docker stack deploy --detach=false --quiet "${stack_files[@]}" "$FLIPFLEET_STACK" >&2
 else
   # The CLI's wait never ends for a global service whose constraint matches no node: wait here.
-  docker stack deploy --detach=true --quiet -c deploy/swarm/stack.yaml "$FLIPFLEET_STACK" >&2
+  docker stack deploy --detach=true --quiet "${stack_files[@]}" "$FLIPFLEET_STACK" >&2
   wait_until "the stack's services to converge" 300 stack_converged "$FLIPFLEET_STACK" ||
     { log "still waiting: $(stack_waiting "$FLIPFLEET_STACK" | paste -sd ',')"; exit 1; }
 fi

@@ -89,11 +89,11 @@ class Stacks:
         self.label = label[:14].replace("_", "-")
         self.started: list[Stack] = []
 
-    def __call__(self, replicas: int, *overrides: Path, **env: str) -> Stack:
+    def __call__(self, replicas: int, *overrides: Path, ca: Path | None = None, **env: str) -> Stack:
         """Bring up a stack of `replicas` web replicas, with compose files `overrides` layered
-        over compose.yaml and compose variables `env`."""
+        over compose.yaml and compose variables `env` (`ca`: reached over HTTPS, harness.compose.Stack)."""
         # Frequent healthchecks: the stack is healthy sooner, at a CPU cost no test measures.
-        new = Stack(self.label, *overrides, **{"HEALTH_INTERVAL": "2s", **env})
+        new = Stack(self.label, *overrides, ca=ca, **{"HEALTH_INTERVAL": "2s", **env})
         self.started.append(new)
         new.up(replicas)
         return new

@@ -249,3 +249,25 @@ def test_the_nginx_pod_environment_renders_a_config_nginx_accepts(docker_images)
     assert done.returncode == 0, done.stderr
     assert "upstream flipfleet-web.default.svc.cluster.local:8000" in done.stderr
     print(done.stderr.strip().splitlines()[-1])
+
+
+def test_the_example_nginx_serves_https_from_the_secret_the_ingress_names():
+    """components/tls: compose's FLIP_TLS_CERT and FLIP_TLS_KEY, as files of one Secret."""
+    base, overlay = render("base"), render("overlays/example")
+    assert "FLIP_TLS_CERT" not in {e["name"] for e in container(base, "flipfleet-nginx")["env"]}
+    main, spec = container(overlay, "flipfleet-nginx"), pod(overlay, "flipfleet-nginx")
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    (volume,) = [v for v in spec["volumes"] if "secret" in v]
+    (mount,) = [m for m in main["volumeMounts"] if m["name"] == volume["name"]]
+    # The whole Secret (no subPath), so that the kubelet updates the files nginx reloads.
+    assert mount["readOnly"] and "subPath" not in mount
+    directory = mount["mountPath"]
+    assert (env["FLIP_TLS_CERT"], env["FLIP_TLS_KEY"]) == (f"{directory}/tls.crt", f"{directory}/tls.key")
+    # The key readable by nginx's group, not by every user.
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    assert main["readinessProbe"]["httpGet"]["scheme"] == main["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    ingress = of_kind(overlay, "Ingress")["flipfleet"]
+    assert ingress["spec"]["tls"] == [{"hosts": [ingress["spec"]["rules"][0]["host"]],
+                                       "secretName": volume["secret"]["secretName"]}]
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"

@@ -40,7 +40,9 @@ def test_the_stack_file_uses_no_key_that_swarm_ignores_or_refuses():
 
 
 def test_the_configs_are_the_files_compose_mounts():
-    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in COMPOSE["services"]["nginx"]["volumes"]}
+    # The short ones: the certificate's (long syntax) are Swarm secrets instead (the next test).
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in COMPOSE["services"]["nginx"]["volumes"]
+              if isinstance(volume, str)}
     configs = {config["target"]: STACK["configs"][config["source"]]["file"]
                for config in STACK["services"]["nginx"]["configs"]}
     stack_dir = ROOT / "deploy" / "swarm"
@@ -49,6 +51,19 @@ def test_the_configs_are_the_files_compose_mounts():
         directory = next(m for m in mounts if target.startswith(m))
         mounted = ROOT / mounts[directory] / target[len(directory):].lstrip("/")
         assert (stack_dir / source).resolve() == mounted.resolve()
+
+
+def test_https_takes_secrets_in_the_stack_where_compose_mounts_files():
+    names = {"FLIP_TLS_CERT", "FLIP_TLS_KEY"}
+    assert names <= set(COMPOSE["services"]["nginx"]["environment"])
+    assert not names & set(STACK["services"]["nginx"]["environment"])  # unless tls.yaml is deployed over it
+    tls = yaml.safe_load((ROOT / "deploy" / "swarm" / "tls.yaml").read_text())
+    nginx = tls["services"]["nginx"]
+    assert set(nginx["environment"]) == names
+    assert set(nginx["environment"].values()) == {f"/run/secrets/{secret['target']}" for secret in nginx["secrets"]}
+    assert {secret["source"] for secret in nginx["secrets"]} == set(tls["secrets"])
+    uid, gid = COMPOSE["services"]["nginx"]["user"].split(":")
+    assert all(secret["uid"] == uid and secret["gid"] == gid for secret in nginx["secrets"])
 
 
 def test_compose_tmpfs_is_a_sized_tmpfs_volume_in_the_stack():
