@@ -260,16 +260,19 @@ class Stack:
         return found
 
     def flip_clients(self, *clients: dict, seconds: float, start_in: float = 3) -> list[dict]:
-        """Run one harness.flipclient container per entry of `clients` (its options: connections, size)
-        at once on the stack's network, each with an address of its own; what each got. They start
+        """Run one harness.flipclient container per entry of `clients` (its options: connections, size,
+        impatient; `cpus`, the container's CPU bound) at once on the stack's network, each with an
+        address of its own; what each got. They start
         flipping together, `start_in` seconds from now (time for the containers to start; a client
         that starts later than that by more than FLIP_CLIENT_LATE_S fails the call)."""
         start_at = time.time() + start_in
         started = [subprocess.Popen(
             ["docker", "run", "--rm", "--network", f"{self.project}_default", "--memory", "512m",
-             "--pids-limit", "256", "-v", f"{ROOT / 'harness'}:/src/harness:ro", "-e", "PYTHONPATH=/src",
+             "--pids-limit", "256", *(("--cpus", str(client["cpus"])) if "cpus" in client else ()),
+             "-v", f"{ROOT / 'harness'}:/src/harness:ro", "-e", "PYTHONPATH=/src",
              "flipfleet-web:latest", "python", "-m", "harness.flipclient", "http://nginx:8080",
-             "--seconds", str(seconds), "--start-at", str(start_at), *_options(client)],
+             "--seconds", str(seconds), "--start-at", str(start_at),
+             *_options({key: value for key, value in client.items() if key != "cpus"})],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for client in clients]
         found = []
         for process in started:

@@ -16,13 +16,16 @@ import time
 import pytest
 import requests
 
-from harness import client, wait_for
+from harness import client, usage, wait_for
 from service.config import Settings
 from tests.crafted_jpeg import many_scans_jpeg
 
 pytestmark = pytest.mark.docker
 POLITE = {"connections": 1, "size": "1600x1200"}
 GREEDY = {"connections": 40, "size": "1600x1200"}
+# A greedy client as an attacker runs it: a refusal retried 50 ms later whatever Retry-After says,
+# on half a core, so that on this machine it cannot win by taking the stack's own CPU.
+IMPATIENT = {**GREEDY, "impatient": True, "cpus": 0.5}
 # Healthchecks on stacks whose CPU a test compares: each check is a `docker exec` (~0.2 CPU-s).
 MEASURED_HEALTH_INTERVAL = "5s"
 
@@ -33,27 +36,48 @@ def test_a_greedy_client_does_not_starve_a_polite_one(stack):
     # CPU that this test measures.
     flipfleet = stack(os.cpu_count() or 2, HEALTH_INTERVAL=MEASURED_HEALTH_INTERVAL)
     share = Settings.from_env({}).client_share
+    (nginx,) = flipfleet.container_ids("nginx")
+    nginx_before = _cpu_seconds(nginx)
     (alone,) = flipfleet.flip_clients(POLITE, seconds=15)
-    polite, greedy = flipfleet.flip_clients(POLITE, GREEDY, seconds=15)
-    print(f"a polite client (1 connection) alone: {alone['flips']} flips of a 1600x1200 JPEG in 15 s; beside a "
-          f"greedy one (40 connections): {polite['flips']} ({polite['flips'] / alone['flips']:.0%}), statuses "
-          f"{polite['statuses']}; the greedy one: {greedy['statuses']} ({greedy['statuses'].get('200', 0) / share:.0f} "
-          f"flips a place of its share), e.g. {list(greedy['refusals'])[:1]}")
+    nginx_per_flip = (_cpu_seconds(nginx) - nginx_before) / alone["flips"]
     assert alone["statuses"] == {"200": alone["flips"]} and alone["flips"] > 0
-    assert polite["statuses"] == {"200": polite["flips"]}, polite["refusals"]  # never refused
-    # Fair turns: the polite client's one connection flips far more often than each flip the greedy
-    # one holds in flight (its share); with first-come turns and no express lane each got about as many.
-    assert polite["flips"] >= 2 * greedy["statuses"]["200"] / share
-    # Not starved: first-come turns left it 16 % of what it flips alone, fair turns 41 to 46 %
-    # (the rest is CPU that the greedy client, its flips and nginx take on the same cores).
-    assert polite["flips"] >= alone["flips"] / 3
-    assert greedy["statuses"]["200"] > polite["flips"]  # the rest of the fleet is the greedy client's
-    refused = {status: count for status, count in greedy["statuses"].items() if status != "200"}
-    assert set(refused) <= {"503", "429"} and refused, greedy["statuses"]
-    for refusal in greedy["refusals"]:
-        assert "(Retry-After: 1)" in refusal, refusal
-        body = json.loads(refusal.split(" ", 1)[1].rsplit(" (Retry-After", 1)[0])
-        assert f"its share of {share} at once" in body["error"] or "flips in this replica" in body["error"], body
+    # (greedy client, polite flips per greedy place at least, polite share of alone at least)
+    for greedy_kind, per_place, floor in ((GREEDY, 2, 1 / 3), (IMPATIENT, 1.5, 1 / 8)):
+        nginx_before = _cpu_seconds(nginx)
+        polite, greedy = flipfleet.flip_clients(POLITE, greedy_kind, seconds=15)
+        nginx_seconds = _cpu_seconds(nginx) - nginx_before
+        refused = {status: count for status, count in greedy["statuses"].items() if status != "200"}
+        # nginx's CPU for the refusals: what it spent, less what the flips cost it when alone.
+        per_refusal = (nginx_seconds - nginx_per_flip * (polite["flips"] + greedy["statuses"].get("200", 0))) / max(
+            sum(refused.values()), 1)
+        print(f"a polite client (1 connection) alone: {alone['flips']} flips of a 1600x1200 JPEG in 15 s; beside a "
+              f"greedy one ({greedy_kind}): {polite['flips']} ({polite['flips'] / alone['flips']:.0%}), statuses "
+              f"{polite['statuses']}; the greedy one: {greedy['statuses']} in {greedy['cpu_s']} CPU-s "
+              f"({greedy['statuses'].get('200', 0) / share:.0f} flips a place of its share); nginx "
+              f"{nginx_seconds:.2f} CPU-s, {nginx_per_flip * 1000:.2f} ms a flip (alone), "
+              f"{per_refusal * 1000:.2f} ms a refusal; e.g. {list(greedy['refusals'])[:1]}")
+        assert polite["statuses"] == {"200": polite["flips"]}, polite["refusals"]  # never refused
+        # Fair turns: the polite client's one connection flips more often than each flip the greedy
+        # one holds in flight (its share); with first-come turns and no express lane each got about
+        # as many.
+        assert polite["flips"] >= per_place * greedy["statuses"]["200"] / share
+        # Not starved: first-come turns left it 16 % of what it flips alone beside the patient one,
+        # fair turns 41 to 55 %; 22 to 30 % beside the one that retries at once, whose refusals take
+        # nginx's CPU (docs/reliability.md); without fair turns each place gets about the same: ~9 %.
+        assert polite["flips"] >= alone["flips"] * floor
+        assert greedy["statuses"]["200"] > polite["flips"]  # the rest of the fleet is the greedy client's
+        assert set(refused) <= {"503", "429"} and refused, greedy["statuses"]
+        for refusal in greedy["refusals"]:
+            assert "(Retry-After: 1)" in refusal, refusal
+            body = json.loads(refusal.split(" ", 1)[1].rsplit(" (Retry-After", 1)[0])
+            assert f"its share of {share} at once" in body["error"] or "flips in this replica" in body["error"], body
+
+
+def _cpu_seconds(container: str) -> float:
+    """A container's CPU seconds so far, from its cgroup."""
+    seconds = usage.container_seconds(container)
+    assert seconds is not None, f"no cgroup CPU counter (v1 cpuacct or v2 cpu.stat) for container {container[:12]}"
+    return seconds
 
 
 def rested(url: str) -> str:
@@ -112,6 +136,13 @@ def test_one_client_stalled_uploads_hold_its_share_only_and_are_cut_after_the_ti
         held = [i for i, state in enumerate(states) if state == "open"]
         assert len(held) == share, collections.Counter(state[:12] for state in states)
         assert all(state.startswith("HTTP/1.1 503") for state in states if state != "open")
+        # A client that asks first (Expect: 100-continue, as curl does past 1 MB) is refused before
+        # it sends its body: the refusal costs neither side the body.
+        with socket.create_connection(("127.0.0.1", flipfleet.port), timeout=5) as asking:
+            asking.sendall(b"POST /flip HTTP/1.1\r\nHost: flipfleet\r\nContent-Type: image/jpeg\r\n"
+                           b"Content-Length: 500000\r\nExpect: 100-continue\r\n\r\n")
+            answer = asking.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in answer, answer[:200]
         # Another client flips meanwhile, from an address of its own.
         other = threading.Thread(target=lambda: others.extend(
             flipfleet.flip_clients({"connections": 1, "size": "640x480"}, seconds=3, start_in=3)))
