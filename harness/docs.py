@@ -1,5 +1,5 @@
-"""Defaults that the pages name in passing, as in "`FLIP_QUEUE` (10)": what scripts/generate.py
-writes from service/defaults.env, and what tests/test_docs.py checks."""
+"""Defaults that the pages name in passing, as in "`FLIP_QUEUE` (10)", and the stack's defaults as
+docs/settings.md gives them: what scripts/generate.py writes, and what tests/test_docs.py checks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from collections.abc import Mapping
 # "`FLIP_QUEUE` (10)", "`FLIP_QUEUE` held (10)", "`FLIP_MAX_BYTES` (25 MiB)", with the units the pages use.
 DEFAULT_IN_PASSING = re.compile(r"`(FLIP_[A-Z_]+)`((?: [a-z]+)? \()([0-9][0-9,]*)(?: (s|MiB|MP))?\)")
 UNIT = {"": 1, "s": 1, "MiB": 2**20, "MP": 10**6}
+
+
+def stack_default(default: str) -> str:
+    """A compose.yaml default as docs/settings.md gives it: none ("") for /dev/null, a file compose
+    bind-mounts from nothing when the variable is unset."""
+    return "" if default == "/dev/null" else default
 
 
 def named_in_passing(text: str) -> list[tuple[str, int]]:

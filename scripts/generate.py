@@ -34,7 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.docs import with_defaults  # noqa: E402
+from harness.docs import stack_default, with_defaults  # noqa: E402
 from loadtest.memory import IMAGE_ENV  # noqa: E402
 from service import memory  # noqa: E402
 from service.config import Settings, read_env_file  # noqa: E402
@@ -77,11 +77,11 @@ def dump(data) -> str:
 
 
 def compose_defaults(text: str) -> dict[str, str]:
-    """Each ${VAR:-default} of compose.yaml: the first default it gives the variable ("" for a file
-    whose default is /dev/null: a bind mount of nothing when the variable is unset)."""
+    """Each ${VAR:-default} of compose.yaml: the first default it gives the variable, as
+    docs/settings.md gives it (stack_default)."""
     found: dict[str, str] = {}
     for name, _, default in VARIABLE.findall(text):
-        found.setdefault(name, "" if default == "/dev/null" else default)
+        found.setdefault(name, stack_default(default))
     return found
 
 

@@ -11,19 +11,8 @@ import pytest
 import requests
 
 from harness import client, wait_for
+from tests.nginx_conf import GOOD_KEY, OTHER_KEY, entrypoint, keys_file, render
 from tests.pictures import encode, picture
-from tests.test_nginx import entrypoint, render
-
-GOOD_KEY = "k3y-of-alice.0123456789+/="
-OTHER_KEY = "bob-key_ABCDEFGHIJ0123"
-KEYS = f"# who  key\nalice {GOOD_KEY}\n\nbob   {OTHER_KEY}   # a comment\n"
-
-
-def keys_file(tmp_path, text: str = KEYS):
-    path = tmp_path / "api-keys"
-    path.write_text(text)
-    path.chmod(0o644)  # nginx runs as an unprivileged user
-    return path
 
 
 def test_a_keys_file_becomes_the_map_and_the_check(tmp_path):

@@ -22,9 +22,8 @@ from PIL import Image
 
 from harness import ROOT, client
 from harness.compose import Stack, nginx_trouble
+from tests.nginx_conf import GOOD_KEY, directive, entrypoint, keys_file, render
 from tests.pictures import decode, encode, picture
-from tests.test_api_keys import GOOD_KEY, keys_file
-from tests.test_nginx import directive, entrypoint, render
 
 EXPOSED = ["X-Flipfleet-Flip", "X-Flipfleet-Dropped", "X-Flipfleet-Version", "X-Image-Size", "X-Image-Frames",
            "X-Served-By", "X-Response-Time", "X-Request-ID", "Retry-After", "WWW-Authenticate"]

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from harness import ROOT
-from harness.docs import named_in_passing
+from harness.docs import named_in_passing, stack_default
 from loadtest.memory import IMAGE_ENV
 from service import app, memory
 from service.config import Settings
@@ -37,8 +37,7 @@ def test_every_service_setting_is_documented_with_its_default():
 def test_every_stack_variable_is_documented_with_its_default():
     used: dict[str, set[str]] = {}
     for name, default in COMPOSE_VARIABLE.findall((ROOT / "compose.yaml").read_text()):
-        # A file bind-mounted from /dev/null when unset: no default file.
-        used.setdefault(name, set()).add("" if default == "/dev/null" else default)
+        used.setdefault(name, set()).add(stack_default(default))
     stack = table("The stack")
     assert set(stack) == set(used)
     for name, default in stack.items():

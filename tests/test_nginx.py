@@ -2,8 +2,6 @@
 use: these tests fail when any two places disagree. (The Docker tests run the rendered config.)"""
 
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -11,25 +9,10 @@ import yaml
 from harness import ROOT
 from harness.compose import compose_default, size
 from service.app import create_app
-from service.config import DEFAULTS_FILE, Settings
+from service.config import Settings
+from tests.nginx_conf import directive, entrypoint, render
 
-ENTRYPOINT = ROOT / "nginx" / "entrypoint.sh"
 MiB = 1024 * 1024
-
-
-def entrypoint(*args: str, **env: str) -> subprocess.CompletedProcess:
-    """nginx/entrypoint.sh with these arguments and environment variables (and a stack's own)."""
-    environ = {"PATH": "/usr/bin:/bin", "FLIPFLEET_DEFAULTS": str(DEFAULTS_FILE), "FLIP_UPSTREAM": "web:8000",
-               "NGINX_RESOLVER": "127.0.0.11", "WEB_REPLICAS": "2", **env}
-    return subprocess.run(["bash", str(ENTRYPOINT), *args], env=environ, capture_output=True, text=True, timeout=30)
-
-
-def render(tmp_path: Path, **env: str) -> tuple[str, str]:
-    """The rendered config and what the entrypoint logged, for these environment variables."""
-    out = tmp_path / "nginx.conf"
-    result = entrypoint("--render-only", NGINX_CONF=str(out), **env)
-    assert result.returncode == 0, result.stderr
-    return out.read_text(), result.stderr
 
 
 def plan(**env: str) -> dict[str, int]:
@@ -37,11 +20,6 @@ def plan(**env: str) -> dict[str, int]:
     result = entrypoint("--plan", **env)
     assert result.returncode == 0, result.stderr
     return {key: int(value) if value else 0 for key, value in (line.split("=", 1) for line in result.stdout.split())}
-
-
-def directive(conf: str, name: str) -> list[str]:
-    """The arguments of every `name ...;` line."""
-    return [match.strip() for match in re.findall(rf"^\s*{name}\s+([^;]*);", conf, re.MULTILINE)]
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ from PIL import Image
 
 from harness import wait_for
 from tests.conftest import Stacks
+from tests.nginx_conf import directive, entrypoint, render
 from tests.pictures import decode, encode, picture
-from tests.test_nginx import directive, entrypoint, render
 
 DOWN = picture("RGB").transpose(Image.Transpose.FLIP_TOP_BOTTOM)
 
