@@ -191,6 +191,14 @@ def test_the_nginx_pods_are_the_compose_nginx():
     assert upstream == f"flipfleet-web.$(POD_NAMESPACE).svc.cluster.local:{web_service['spec']['ports'][0]['port']}"
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_nginx_pods_take_compose_cors_origins(layout):
+    env = {e["name"]: e.get("value") for e in container(render(layout), "flipfleet-nginx")["env"]}
+    # compose's default: empty, so no CORS headers until an overlay lists origins.
+    default = compose_default(COMPOSE["services"]["nginx"]["environment"]["FLIP_CORS_ORIGINS"])
+    assert env["FLIP_CORS_ORIGINS"] == default == ""
+
+
 @pytest.mark.parametrize("deployment", ["flipfleet-web", "flipfleet-nginx"])
 def test_the_compose_hardening(deployment):
     """compose.yaml's hardening, as Kubernetes says it."""
