@@ -3,7 +3,8 @@
 # at, and wait until its services have converged; exits 1 if an update it started was rolled back
 # or paused. Swarm configs cannot change in place, so each is named after a hash of its file: a
 # changed nginx template is a new config, rolled out one node at a time. With FLIP_TLS_CERT and
-# FLIP_TLS_KEY, nginx serves HTTPS: deploy/swarm/tls.yaml makes them secrets, named the same way.
+# FLIP_TLS_KEY, nginx serves HTTPS: deploy/swarm/tls.yaml makes them secrets, named the same way;
+# with FLIP_API_KEYS_FILE, every flip needs one of its keys: deploy/swarm/api-keys.yaml, the same.
 # It says what it finds and chooses: the managers (three survive the loss of one), the nodes
 # labelled flipfleet.nginx=true (nginx runs on each, its port published there), and unless set,
 # WEB_REPLICAS (one per CPU of the nodes that may run replicas) and NGINX_MEMORY_LIMIT (what one
@@ -60,6 +61,16 @@ if [ -n "${FLIP_TLS_CERT:-}${FLIP_TLS_KEY:-}" ]; then
   stack_files+=(-c deploy/swarm/tls.yaml)
   log "HTTPS with $FLIP_TLS_CERT and its key: Swarm secrets ${FLIPFLEET_STACK}_tls_cert_$TLS_CERT_HASH and" \
     "${FLIPFLEET_STACK}_tls_key_$TLS_KEY_HASH (deploy/swarm/tls.yaml)"
+fi
+if [ -n "${FLIP_API_KEYS_FILE:-}" ]; then
+  [ -r "$FLIP_API_KEYS_FILE" ] ||
+    { log "error: FLIP_API_KEYS_FILE: cannot read '$FLIP_API_KEYS_FILE' (a file of 'name key' lines)"; exit 1; }
+  # Absolute and hashed, as the certificate's: new keys are a new secret, rolled out one nginx at a time.
+  FLIP_API_KEYS_FILE=$(realpath "$FLIP_API_KEYS_FILE") API_KEYS_HASH=$(sha256sum "$FLIP_API_KEYS_FILE" | cut -c1-12)
+  export FLIP_API_KEYS_FILE API_KEYS_HASH
+  stack_files+=(-c deploy/swarm/api-keys.yaml)
+  log "API keys from $FLIP_API_KEYS_FILE: Swarm secret ${FLIPFLEET_STACK}_api_keys_$API_KEYS_HASH" \
+    "(deploy/swarm/api-keys.yaml)"
 fi
 
 declare -A before

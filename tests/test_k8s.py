@@ -191,6 +191,14 @@ def test_the_nginx_pods_are_the_compose_nginx():
     assert upstream == f"flipfleet-web.$(POD_NAMESPACE).svc.cluster.local:{web_service['spec']['ports'][0]['port']}"
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_nginx_pods_take_compose_cors_origins(layout):
+    env = {e["name"]: e.get("value") for e in container(render(layout), "flipfleet-nginx")["env"]}
+    # compose's default: empty, so no CORS headers until an overlay lists origins.
+    default = compose_default(COMPOSE["services"]["nginx"]["environment"]["FLIP_CORS_ORIGINS"])
+    assert env["FLIP_CORS_ORIGINS"] == default == ""
+
+
 @pytest.mark.parametrize("deployment", ["flipfleet-web", "flipfleet-nginx"])
 def test_the_compose_hardening(deployment):
     """compose.yaml's hardening, as Kubernetes says it."""
@@ -257,11 +265,11 @@ def test_the_example_nginx_serves_https_from_the_secret_the_ingress_names():
     assert "FLIP_TLS_CERT" not in {e["name"] for e in container(base, "flipfleet-nginx")["env"]}
     main, spec = container(overlay, "flipfleet-nginx"), pod(overlay, "flipfleet-nginx")
     env = {e["name"]: e.get("value") for e in main["env"]}
-    (volume,) = [v for v in spec["volumes"] if "secret" in v]
-    (mount,) = [m for m in main["volumeMounts"] if m["name"] == volume["name"]]
+    directory = env["FLIP_TLS_CERT"].rsplit("/", 1)[0]
+    (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == directory]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
     # The whole Secret (no subPath), so that the kubelet updates the files nginx reloads.
     assert mount["readOnly"] and "subPath" not in mount
-    directory = mount["mountPath"]
     assert (env["FLIP_TLS_CERT"], env["FLIP_TLS_KEY"]) == (f"{directory}/tls.crt", f"{directory}/tls.key")
     # The key readable by nginx's group, not by every user.
     assert volume["secret"]["defaultMode"] == 0o440
@@ -271,3 +279,24 @@ def test_the_example_nginx_serves_https_from_the_secret_the_ingress_names():
     assert ingress["spec"]["tls"] == [{"hosts": [ingress["spec"]["rules"][0]["host"]],
                                        "secretName": volume["secret"]["secretName"]}]
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
+
+
+def test_the_example_nginx_takes_the_api_keys_of_their_secret():
+    """components/api-keys: compose's FLIP_API_KEYS_FILE, as the file of one Secret."""
+    base, overlay = render("base"), render("overlays/example")
+    assert "FLIP_API_KEYS_FILE" in COMPOSE["services"]["nginx"]["environment"]
+    assert "FLIP_API_KEYS_FILE" not in {e["name"] for e in container(base, "flipfleet-nginx")["env"]}
+    main, spec = container(overlay, "flipfleet-nginx"), pod(overlay, "flipfleet-nginx")
+    env = {e["name"]: e.get("value") for e in main["env"]}
+    directory, key = env["FLIP_API_KEYS_FILE"].rsplit("/", 1)
+    (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == directory]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    # The whole Secret (no subPath), so that the kubelet updates the file nginx reads every 5 s.
+    assert mount["readOnly"] and "subPath" not in mount
+    assert volume["secret"]["secretName"] == "flipfleet-api-keys" and "items" not in volume["secret"]
+    # The Secret's key, as the component's `kubectl create secret` command names it.
+    command = (K8S / "components" / "api-keys" / "kustomization.yaml").read_text()
+    assert f"create secret generic flipfleet-api-keys --from-file={key}=" in command
+    # The keys readable by nginx's group, not by every user.
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]

@@ -40,9 +40,10 @@ def test_the_stack_file_uses_no_key_that_swarm_ignores_or_refuses():
 
 
 def test_the_configs_are_the_files_compose_mounts():
-    # The short ones: the certificate's (long syntax) are Swarm secrets instead (the next test).
+    # The short ones but the keys file's: it and the certificate's (long syntax) are Swarm secrets
+    # instead (the next tests).
     mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in COMPOSE["services"]["nginx"]["volumes"]
-              if isinstance(volume, str)}
+              if isinstance(volume, str) and "FLIP_API_KEYS_FILE" not in volume}
     configs = {config["target"]: STACK["configs"][config["source"]]["file"]
                for config in STACK["services"]["nginx"]["configs"]}
     stack_dir = ROOT / "deploy" / "swarm"
@@ -64,6 +65,23 @@ def test_https_takes_secrets_in_the_stack_where_compose_mounts_files():
     assert {secret["source"] for secret in nginx["secrets"]} == set(tls["secrets"])
     uid, gid = COMPOSE["services"]["nginx"]["user"].split(":")
     assert all(secret["uid"] == uid and secret["gid"] == gid for secret in nginx["secrets"])
+
+
+def test_api_keys_take_a_secret_in_the_stack_where_compose_mounts_a_file():
+    assert "FLIP_API_KEYS_FILE" in COMPOSE["services"]["nginx"]["environment"]
+    assert "FLIP_API_KEYS_FILE" not in STACK["services"]["nginx"]["environment"]  # unless api-keys.yaml is over it
+    keys = yaml.safe_load((ROOT / "deploy" / "swarm" / "api-keys.yaml").read_text())
+    nginx = keys["services"]["nginx"]
+    (secret,) = nginx["secrets"]
+    assert nginx["environment"] == {"FLIP_API_KEYS_FILE": f"/run/secrets/{secret['target']}"}
+    assert set(keys["secrets"]) == {secret["source"]}
+    # Owned by nginx's user, readable by it alone.
+    uid, gid = COMPOSE["services"]["nginx"]["user"].split(":")
+    assert (secret["uid"], secret["gid"], secret["mode"]) == (uid, gid, 0o400)
+    # The file scripts/swarm-deploy.sh makes absolute, in a secret named after its hash.
+    assert re.fullmatch(r"\$\{FLIP_API_KEYS_FILE:\?[^}]+\}", keys["secrets"][secret["source"]]["file"])
+    assert keys["secrets"][secret["source"]]["name"].endswith("_${API_KEYS_HASH:-0}")
+    assert "API_KEYS_HASH=" in (ROOT / "scripts" / "swarm-deploy.sh").read_text()
 
 
 def test_compose_tmpfs_is_a_sized_tmpfs_volume_in_the_stack():
