@@ -119,8 +119,8 @@ def run(command: list[str], timeout: float = 120, env: dict | None = None, check
 
 
 def _options(options: dict) -> list[str]:
-    """--key value for each, --key alone for True."""
-    return [arg for key, value in options.items()
+    """--key value for each, --key alone for True, nothing for False."""
+    return [arg for key, value in options.items() if value is not False
             for arg in ((f"--{key}",) if value is True else (f"--{key}", str(value)))]
 
 

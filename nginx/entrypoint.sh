@@ -115,7 +115,7 @@ render_keys() {
   [[ -z $keys_file ]] || log "API keys: $keys listed in $keys_file; a POST /flip without one of them gets the JSON 401"
 }
 # What the keys file holds now (its checksum), to see it change; empty without keys.
-keys_state() { [[ -z $keys_file ]] || cksum <"$keys_file" 2>/dev/null || echo unreadable; }
+keys_state() { [[ -z $keys_file ]] || { cksum <"$keys_file"; } 2>/dev/null || echo unreadable; }
 
 # This container's memory limit (cgroup v2, then v1), or NGINX_MEMORY_BYTES; empty when unlimited.
 memory_limit() {
