@@ -104,10 +104,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 @contextlib.contextmanager
 def under_load(url: str, tmp_path: Path, seconds: float, users: int = 8, start_after: float = 0,
-               then: float = LOAD_AFTER_SECONDS):
-    """`users` FlipUsers post the sample to `url`; the block runs `start_after` seconds in, and the
-    load goes on `then` seconds past it, for at most `seconds` in all. Yields a list that holds the
-    finished run once the block is done."""
+               then: float = LOAD_AFTER_SECONDS, api_key: str = ""):
+    """`users` FlipUsers post the sample to `url` (with `api_key`, if any); the block runs
+    `start_after` seconds in, and the load goes on `then` seconds past it, for at most `seconds` in
+    all. Yields a list that holds the finished run once the block is done."""
     photo = tmp_path / "sample.jpg"
     photo.write_bytes(load_sample(None))
     finished: list[LocustRun] = []
@@ -117,7 +117,7 @@ def under_load(url: str, tmp_path: Path, seconds: float, users: int = 8, start_a
     def load() -> None:
         try:
             finished.append(run_locust(url, "FlipUser", users=users, seconds=seconds, csv_prefix=tmp_path / "run",
-                                       stop=stop, FLIP_PHOTO=str(photo)))
+                                       stop=stop, FLIP_PHOTO=str(photo), FLIP_API_KEY=api_key))
         except BaseException as exc:  # raised again below
             raised.append(exc)
 

@@ -6,7 +6,8 @@ Run from the repo root (locust puts the working directory on sys.path, so `servi
     locust --config loadtest/locust.conf FlipUser           # one class, by name
 
 FLIP_PHOTO=path posts that picture instead of the bundled sample; FLIP_QUERY adds a query
-string (lossless=false); FLIP_VERIFY=full also decodes every answer in full.
+string (lossless=false); FLIP_VERIFY=full also decodes every answer in full; FLIP_API_KEY sends
+that key with every flip (a stack with FLIP_API_KEYS_FILE).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ PIXEL_CHECK_EVERY = 10
 PIXEL_TOLERANCE = 4
 # FLIP_QUERY=lossless=false (or direction=horizontal): the query string every flip is sent with.
 FLIP_QUERY = os.environ.get("FLIP_QUERY", "")
+# FLIP_API_KEY: a key of the stack's keys file, sent with every flip.
+KEY_HEADERS = {"Authorization": f"Bearer {os.environ['FLIP_API_KEY']}"} if os.environ.get("FLIP_API_KEY") else {}
 # EXIF orientations 5-8 turn the picture a quarter turn, so a viewer sees width and height swapped.
 QUARTER_TURNS = {5, 6, 7, 8}
 
@@ -164,7 +167,7 @@ class FlipUser(FastHttpUser):
         with self.client.post(
             f"/flip?{FLIP_QUERY}" if FLIP_QUERY else "/flip",
             data=picture.data,
-            headers={"Content-Type": picture.media_type},
+            headers={"Content-Type": picture.media_type, **KEY_HEADERS},
             name="/flip",
             catch_response=True,
         ) as response:

@@ -20,6 +20,9 @@ from service.config import Settings
 from tests.checks import failures_of_a_lost_node, served_by
 
 USERS = 8
+# From the rolling update of nginx on, every flip needs this key (deploy/swarm/api-keys.yaml): the
+# loads send it from the start, which an nginx without keys ignores.
+LAB_KEY = "lab-key-0123456789abcdef"
 # The service's settings when nothing overrides them, as every stack here runs it.
 DEFAULTS = Settings.from_env({})
 
@@ -93,7 +96,8 @@ def losing(lab: SwarmLab, node: str, tmp_path):
     """`node`'s engine stopped LOSS_AT s into a load of USERS through the lab's front, and started
     again once the load is over: yields when it stopped and the list that then holds the run."""
     try:
-        with under_load(lab.url, tmp_path, seconds=LOSS_LOAD_SECONDS, users=USERS, start_after=LOSS_AT) as finished:
+        with under_load(lab.url, tmp_path, seconds=LOSS_LOAD_SECONDS, users=USERS, start_after=LOSS_AT,
+                        api_key=LAB_KEY) as finished:
             stopped_at = time.monotonic()
             lab.stop_node(node)
             yield stopped_at, finished
@@ -136,7 +140,7 @@ def test_one_replica_per_cpu_spread_over_three_nodes_an_nginx_on_each_and_each_s
     # enough flips for each to reach all of them, whatever order each lists them in.
     flips = len(lab.nodes) * chosen
     for _ in range(flips):
-        response = requests.post(lab.url + "/flip", timeout=60)
+        response = requests.post(lab.url + "/flip", headers={"Authorization": f"Bearer {LAB_KEY}"}, timeout=60)
         assert response.status_code == 200
         answered_on[node_of[response.headers["X-Served-By"]]] += 1
     assert set(answered_on) == set(lab.nodes), answered_on
@@ -148,7 +152,8 @@ def test_one_replica_per_cpu_spread_over_three_nodes_an_nginx_on_each_and_each_s
 @pytest.mark.swarm
 @pytest.mark.slow
 def test_a_rolling_update_of_nginx_drops_no_request(lab, tmp_path):
-    # A new config, as an operator makes one: a changed template, deployed with swarm-deploy.sh.
+    # A new config, as an operator makes one: a changed template, deployed with swarm-deploy.sh,
+    # and API keys from then on (a Swarm secret).
     tree = tmp_path / "tree"
     for part in ("scripts", "deploy/swarm", "nginx", "service/defaults.env"):
         (tree / part).parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +162,8 @@ def test_a_rolling_update_of_nginx_drops_no_request(lab, tmp_path):
     healthy = """return 200 '{"status":"ok"}\\n';"""
     assert healthy in template.read_text()
     template.write_text(template.read_text().replace(healthy, healthy.replace('"ok"', '"ok","config":"new"')))
+    keys = tmp_path / "api-keys.txt"
+    keys.write_text(f"# the lab's clients\nlab {LAB_KEY}\n")
     before = {t["task"] for t in lab.tasks(NGINX)}
     shares: list[dict] = []
 
@@ -164,12 +171,13 @@ def test_a_rolling_update_of_nginx_drops_no_request(lab, tmp_path):
         while not stop.wait(0.5):
             shares.append(lab.nginx_admission(NGINX))
 
-    with under_load(lab.url, tmp_path, seconds=150) as finished:
+    with under_load(lab.url, tmp_path, seconds=150, api_key=LAB_KEY) as finished:
         time.sleep(8)
         started = time.monotonic()
         with alongside(sample_shares, timeout=120):
-            lab.deploy("flipfleet", root=tree, FLIP_VERSION="lab", NGINX_IMAGE=lab.nginx_image,
-                       WEB_REPLICAS=str(desired_replicas(lab)), HEALTH_INTERVAL="3s", FLIP_PORT="8080")
+            said = lab.deploy("flipfleet", root=tree, FLIP_VERSION="lab", NGINX_IMAGE=lab.nginx_image,
+                              WEB_REPLICAS=str(desired_replicas(lab)), HEALTH_INTERVAL="3s", FLIP_PORT="8080",
+                              FLIP_API_KEYS_FILE=str(keys)).stderr
         took = time.monotonic() - started
         assert took < 150 - 8 - 5, "the update outlasted the load"
     flips = finished[0].figures("/flip")
@@ -178,14 +186,29 @@ def test_a_rolling_update_of_nginx_drops_no_request(lab, tmp_path):
     answers = collections.Counter(requests.get(lab.url + "/nginx-health", timeout=5).json().get("config")
                                   for _ in range(9))
     assert answers == {"new": 9}, answers
+    # Every nginx asks for a key now, from the secret: a flip (of the sample) without one is refused.
+    assert "API keys from " in said and "Swarm secret flipfleet_api_keys_" in said, said
+    for node, container in lab.running(NGINX):
+        assert flip_status(lab, node, container) == 401, node
+        assert flip_status(lab, node, container, f"Authorization: Bearer {LAB_KEY}") == 200, node
     # A new nginx counts itself from its first config on, before DNS lists it (once it is healthy).
     renders = lab.nginx_renders(NGINX)
     assert all(rendered[0] == (DEFAULTS.queue // 3, 3) for rendered in renders.values()), renders
     # Meanwhile the others still admit the larger share they took while it was gone.
     most = max(sum(max_conns for max_conns, _ in seen.values()) for seen in shares)
-    print(f"nginx's new config rolled out over 3 nodes, one at a time, in {took:.1f} s under {USERS} users; "
+    print(f"nginx's new config and API keys (a Swarm secret) rolled out over 3 nodes, one at a time, in {took:.1f} s "
+          f"under {USERS} users sending a key; each nginx then refused a flip without a key (401); "
           f"{flips['requests']} flips, 0 failed; the nginx together admitted at most {most} flips per replica "
           f"(its queue: {DEFAULTS.queue})")
+
+
+def flip_status(lab: SwarmLab, node: str, container: str, header: str = "") -> int:
+    """The status of nginx's answer to an empty POST /flip (the sample), with `header`, asked
+    inside its own container."""
+    crlf = "\\r\\n"  # for printf to turn into CR LF
+    head = crlf.join(["POST /flip HTTP/1.0", "Content-Length: 0", *([header] if header else [])]) + crlf * 2
+    request = f"exec 3<>/dev/tcp/127.0.0.1/8080 && printf '{head}' >&3 && head -n 1 <&3"
+    return int(lab.on(node, "exec", container, "bash", "-c", request).stdout.split()[1])
 
 
 def ask_nginx(lab: SwarmLab, node: str, container: str, path: str) -> tuple[int, str]:
@@ -214,7 +237,7 @@ def test_an_nginx_cut_off_from_every_replica_leaves_the_rotation_and_no_flip_fai
         assert ask_nginx(lab, cut, nginx[cut], "/nginx-ready") == (
             503, '{"error":"no replica answers through this nginx now","status":503}\n')
         assert ask_nginx(lab, cut, nginx[cut], "/nginx-health")[0] == 200  # it runs: Swarm leaves it be
-        with under_load(lab.url, tmp_path, seconds=30, users=USERS) as finished:
+        with under_load(lab.url, tmp_path, seconds=30, users=USERS, api_key=LAB_KEY) as finished:
             time.sleep(15)
         flips = finished[0].figures("/flip")
         assert flips["requests"] > 0 and flips["failures"] == 0, finished[0].errors()
@@ -223,7 +246,7 @@ def test_an_nginx_cut_off_from_every_replica_leaves_the_rotation_and_no_flip_fai
             lab.cut_off(node, nginx[node], DEFAULTS.port)
             cut_off.append(node)
         assert wait_for(lambda: not lab.in_rotation(), timeout=15, interval=0.25)
-        refused = requests.post(lab.url + "/flip", timeout=30)
+        refused = requests.post(lab.url + "/flip", headers={"Authorization": f"Bearer {LAB_KEY}"}, timeout=30)
         assert refused.status_code == 503 and refused.json()["status"] == 503, refused.text
         assert refused.headers["Retry-After"] == "1"
     finally:
