@@ -47,7 +47,7 @@ nginx_memory_for() {
   local need blocks
   # Without the edge's files, which the plan needs not and which are paths on this machine.
   need=$(env -u FLIP_TLS_CERT -u FLIP_TLS_KEY -u FLIP_API_KEYS_FILE FLIPFLEET_DEFAULTS=service/defaults.env \
-    FLIP_UPSTREAM=web:8000 NGINX_RESOLVER=127.0.0.11 WEB_REPLICAS=$1 NGINX_MEMORY_BYTES=$((1 << 40)) \
+    FLIP_UPSTREAM=web:8000 NGINX_RESOLVER=127.0.0.11 WEB_REPLICAS="$1" NGINX_MEMORY_BYTES=$((1 << 40)) \
     bash nginx/entrypoint.sh --plan | awk -F= '$1 == "NEEDED_AFTER_RELOAD_BYTES" { print $2 }')
   [[ -n $need ]] || { log "error: nginx/entrypoint.sh --plan gave no memory figure for $1 replicas"; return 1; }
   blocks=$(((need + (64 << 20) - 1) / (64 << 20)))
