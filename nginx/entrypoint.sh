@@ -229,10 +229,10 @@ reload() {
 # certificate or key differ from what the last render (this loop's or a --reload's) gave nginx: a
 # renewed Kubernetes Secret, or files copied over the mounted ones. A pair that fails nginx's check
 # (a key not copied yet) is tried again once it changes; a keys file that no longer reads keeps the
-# keys in use (and says why) until it is fixed.
+# keys in use (and says why) until it is fixed. `follow REPLICAS INSTANCES KEYS`, KEYS the keys
+# file's state (keys_state) from before nginx first read it.
 follow() {
-  local replicas=$1 instances=$2 keys seen_replicas seen_instances seen_keys
-  keys=$(keys_state)
+  local replicas=$1 instances=$2 keys=$3 seen_replicas seen_instances seen_keys
   while sleep "$follow_seconds"; do
     seen_replicas=$(replicas_now "$replicas") seen_instances=$(instances_now "$instances") seen_keys=$(keys_state)
     if [[ $seen_keys != "$keys" ]]; then
@@ -258,10 +258,12 @@ case ${1-} in
   --render-only) render_keys || exit 1; render "$WEB_REPLICAS" "$NGINX_INSTANCES" 0 ;;
   --reload) render_keys || exit 1; reload "$(replicas_now)" "$(instances_now)" ;;
   *)
+    # Before the first read: an edit made while nginx starts is seen as a change.
+    keys_at_start=$(keys_state)
     render_keys || die "nginx not started"
     [[ -z $cors_listed ]] || log "CORS: web pages of $cors_listed may call /flip"
     render "$WEB_REPLICAS" "$(instances_now)" 0
     nginx -t -q -c "$out" -e stderr
-    follow "$WEB_REPLICAS" "$(instances_now)" &
+    follow "$WEB_REPLICAS" "$(instances_now)" "$keys_at_start" &
     exec nginx -c "$out" -e stderr -g 'daemon off;' ;;
 esac
