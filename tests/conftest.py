@@ -1,9 +1,8 @@
 import os
-from pathlib import Path
 
 import pytest
 
-from harness.compose import DockerUnavailable, Stack, build_images, check_docker, nginx_trouble, sweep_stale_stacks
+from harness.compose import DockerUnavailable, Stacks, build_images, check_docker, sweep_stale_stacks
 from loadtest.memory import jemalloc_missing
 from service.app import create_app
 from service.config import Settings
@@ -80,37 +79,6 @@ def docker_images():
     if swept:
         print(f"took down {len(swept)} stack(s) left by killed test runs: {', '.join(swept)}")
     build_images("web", "locust-master")
-
-
-class Stacks:
-    """The stacks a test (or a module) brought up: torn down at its end, logs shown on failure."""
-
-    def __init__(self, label: str):
-        self.label = label[:14].replace("_", "-")
-        self.started: list[Stack] = []
-
-    def __call__(self, replicas: int, *overrides: Path, ca: Path | None = None, **env: str) -> Stack:
-        """Bring up a stack of `replicas` web replicas, with compose files `overrides` layered
-        over compose.yaml and compose variables `env` (`ca`: reached over HTTPS, harness.compose.Stack)."""
-        # Frequent healthchecks: the stack is healthy sooner, at a CPU cost no test measures.
-        new = Stack(self.label, *overrides, ca=ca, **{"HEALTH_INTERVAL": "2s", **env})
-        self.started.append(new)
-        new.up(replicas)
-        return new
-
-    def tear_down(self, failed: bool) -> None:
-        for each in self.started:
-            try:
-                if failed:
-                    print(_what_went_wrong(each))
-            finally:
-                each.down()
-
-
-def _what_went_wrong(stack: Stack) -> str:
-    """nginx's warnings, errors and non-2xx answers, then the last lines of the replicas' logs."""
-    nginx = nginx_trouble(stack.logs("nginx"))
-    return "\n".join(["nginx:", *nginx[-150:], "web:", *stack.logs("web").splitlines()[-60:]])
 
 
 @pytest.fixture

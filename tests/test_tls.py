@@ -15,7 +15,7 @@ import requests
 from PIL import Image
 
 from harness import wait_for
-from tests.conftest import Stacks
+from harness.compose import Stacks
 from tests.nginx_conf import directive, entrypoint, render
 from tests.pictures import decode, encode, picture
 
