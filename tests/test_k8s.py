@@ -48,6 +48,11 @@ def container(docs, deployment: str) -> dict:
     return only
 
 
+def env_of(main: dict) -> dict[str, str | None]:
+    """A container's environment: each variable's value (None for one taken from elsewhere)."""
+    return {e["name"]: e.get("value") for e in main["env"]}
+
+
 def main_selector(docs, deployment: str) -> dict:
     return of_kind(docs, "Deployment")[deployment]["spec"]["selector"]["matchLabels"]
 
@@ -178,7 +183,7 @@ def test_the_nginx_pods_are_the_compose_nginx():
     limit = nginx["deploy"]["resources"]["limits"]["memory"]
     assert size(main["resources"]["limits"]["memory"]) == size(compose_default(limit))
     assert main["ports"][0]["containerPort"] == int(nginx["ports"][0].rsplit(":", 1)[1])
-    env = {e["name"]: e.get("value") for e in main["env"]}
+    env = env_of(main)
     # The nginx pods find each other (and so their share of each web pod's queue) through DNS.
     peers = of_kind(docs, "Service")["flipfleet-nginx-peers"]["spec"]
     assert peers["clusterIP"] == "None" and peers["selector"] == main_selector(docs, "flipfleet-nginx")
@@ -194,7 +199,7 @@ def test_the_nginx_pods_are_the_compose_nginx():
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_the_nginx_pods_take_compose_cors_origins(layout):
-    env = {e["name"]: e.get("value") for e in container(render(layout), "flipfleet-nginx")["env"]}
+    env = env_of(container(render(layout), "flipfleet-nginx"))
     # compose's default: empty, so no CORS headers until an overlay lists origins.
     default = compose_default(COMPOSE["services"]["nginx"]["environment"]["FLIP_CORS_ORIGINS"])
     assert env["FLIP_CORS_ORIGINS"] == default == ""
@@ -203,10 +208,10 @@ def test_the_nginx_pods_take_compose_cors_origins(layout):
 def test_behind_the_example_ingress_nginx_takes_the_client_from_its_forwarded_for(tmp_path):
     """NGINX_TRUSTED_PROXIES: none in the base (the peer is the client), the pod network in the
     example, whose clients come through the Ingress controller's pods."""
-    base = {e["name"]: e.get("value") for e in container(render("base"), "flipfleet-nginx")["env"]}
+    base = env_of(container(render("base"), "flipfleet-nginx"))
     assert base["NGINX_TRUSTED_PROXIES"] == compose_default(
         COMPOSE["services"]["nginx"]["environment"]["NGINX_TRUSTED_PROXIES"]) == ""
-    example = {e["name"]: e.get("value") for e in container(render("overlays/example"), "flipfleet-nginx")["env"]}
+    example = env_of(container(render("overlays/example"), "flipfleet-nginx"))
     networks = example["NGINX_TRUSTED_PROXIES"]
     assert networks
     conf, _ = render_nginx_conf(tmp_path, NGINX_TRUSTED_PROXIES=networks)
@@ -279,7 +284,7 @@ def test_the_example_nginx_serves_https_from_the_secret_the_ingress_names():
     base, overlay = render("base"), render("overlays/example")
     assert "FLIP_TLS_CERT" not in {e["name"] for e in container(base, "flipfleet-nginx")["env"]}
     main, spec = container(overlay, "flipfleet-nginx"), pod(overlay, "flipfleet-nginx")
-    env = {e["name"]: e.get("value") for e in main["env"]}
+    env = env_of(main)
     directory = env["FLIP_TLS_CERT"].rsplit("/", 1)[0]
     (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == directory]
     (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
@@ -302,7 +307,7 @@ def test_the_example_nginx_takes_the_api_keys_of_their_secret():
     assert "FLIP_API_KEYS_FILE" in COMPOSE["services"]["nginx"]["environment"]
     assert "FLIP_API_KEYS_FILE" not in {e["name"] for e in container(base, "flipfleet-nginx")["env"]}
     main, spec = container(overlay, "flipfleet-nginx"), pod(overlay, "flipfleet-nginx")
-    env = {e["name"]: e.get("value") for e in main["env"]}
+    env = env_of(main)
     directory, key = env["FLIP_API_KEYS_FILE"].rsplit("/", 1)
     (mount,) = [m for m in main["volumeMounts"] if m["mountPath"] == directory]
     (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
