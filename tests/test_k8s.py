@@ -157,7 +157,7 @@ def test_the_web_pods_are_the_compose_replicas():
     spec, main = pod(docs, "flipfleet-web"), container(docs, "flipfleet-web")
     assert main["image"].split(":")[0] == web["image"].split(":")[0] == "flipfleet-web"
     # Port and healthcheck path: the compose healthcheck's URL.
-    (url,) = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)", " ".join(web["healthcheck"]["test"]))
+    (url,) = re.findall(r"/dev/tcp/127\.0\.0\.1/(\d+) .*'GET (/\w+) ", " ".join(web["healthcheck"]["test"]))
     assert main["ports"][0]["containerPort"] == int(url[0])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert main[probe]["httpGet"]["path"] == url[1] and main[probe]["httpGet"]["port"] == "http"
