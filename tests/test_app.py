@@ -8,7 +8,7 @@ from PIL import Image
 
 from harness import wait_for
 from service import imaging
-from service.app import create_app
+from service.app import AnswerFile, create_app
 from service.config import Settings
 from service.sample import load_sample
 from tests.checks import assert_json_error
@@ -394,3 +394,18 @@ def test_a_picture_too_large_for_the_express_lane_waits_its_turn_and_is_flipped(
     second.join(timeout=30)
     assert answers["large"].status_code == 200 and started[2] == (len(large), 1_000_000)
     assert decode(answers["large"].data).size == (600, 600)
+
+
+def test_an_answer_file_reads_views_of_the_answer_and_calls_back_once_when_closed():
+    data = bytes(range(256)) * 4
+    answer, closed = AnswerFile(data), []
+    answer.on_close.append(lambda: closed.append(True))
+    assert answer.seekable() and answer.seek(0, io.SEEK_END) == len(data) and answer.tell() == len(data)
+    answer.seek(0)
+    first = answer.read(100)
+    assert isinstance(first, memoryview) and first.obj is data and first == data[:100]  # no copy
+    assert answer.tell() == 100 and answer.seek(-50, io.SEEK_CUR) == 50 and answer.read(60) == data[50:110]
+    assert answer.read() == data[110:] and answer.read(10) == b"" and answer.tell() == len(data)
+    answer.close()
+    answer.close()
+    assert answer.closed and closed == [True]

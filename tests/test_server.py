@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 import requests
@@ -18,9 +19,10 @@ from PIL import Image
 from harness import wait_for
 from harness.service import start_service
 from service import imaging
+from service.app import create_app
 from service.config import Settings
 from service.sample import load_sample
-from service.server import GracefulServer, build_server
+from service.server import SEND_BUFFER_BYTES, BodyChunks, GracefulServer, RequestParser, build_server
 from tests.pictures import decode, encode, noise_png, picture
 
 MAX_BYTES = 2 * 1024 * 1024
@@ -256,3 +258,44 @@ def test_a_waiting_flip_whose_client_left_gives_its_place_up():
     # The flip of the client that left was never done: it gave up its place while it waited.
     log = "".join(service.output)
     assert "rid=gone-1 POST /flip 499" in log and "rid=gone-1 POST /flip 200" not in log, log[-2000:]
+
+
+def test_a_connection_sends_an_answer_from_a_buffer_of_most_of_a_photo():
+    settings = Settings.from_env({"PORT": "0", "HOST": "127.0.0.1"})
+    server = build_server(settings, create_app(settings))
+    serving = threading.Thread(target=server.run, daemon=True)
+    serving.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.effective_port), timeout=10) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.1 200")
+            (channel,) = server.active_channels.values()
+            # The kernel gives twice what is asked, for its own bookkeeping, up to net.core.wmem_max.
+            cap = int(Path("/proc/sys/net/core/wmem_max").read_text())
+            assert channel.sendbuf_len >= 2 * min(SEND_BUFFER_BYTES, cap)
+    finally:
+        server.close()
+        serving.join(timeout=10)
+
+
+def test_a_body_of_known_length_is_joined_once_and_read_whole_without_another_copy():
+    body, parts = BodyChunks(), [bytes([n]) * 1000 for n in range(5)]
+    for part in parts:
+        body.append(part)
+    assert len(body) == 5000
+    file = body.getfile()
+    whole = file.read(5000)
+    assert whole == b"".join(parts) and body.getfile() is file
+    file.seek(0)
+    assert file.read(5000) is whole  # the app's one read hands back the joined bytes themselves
+    body.close()
+    assert file.closed
+
+
+def test_the_server_receives_bodies_of_known_length_into_chunks():
+    settings = Settings.from_env({"PORT": "0"})
+    server = build_server(settings, create_app(settings))
+    try:
+        assert server.channel_class.parser_class is RequestParser
+    finally:
+        server.close()
