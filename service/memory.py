@@ -4,7 +4,8 @@ limit must hold (compose's WEB_MEMORY_LIMIT and the Kubernetes limit are checked
 Every term is a bound the service enforces, not a typical figure:
 - nginx sends a replica at most FLIP_QUEUE requests at once (max_conns), and each holds its body
   (at most FLIP_MAX_BYTES, in waitress's buffer) and, once flipped, its answer (at most
-  ANSWER_FACTOR x FLIP_MAX_BYTES) and waitress's send buffer for it;
+  ANSWER_FACTOR x FLIP_MAX_BYTES) and its connection's send buffer in the kernel (SEND_BUFFER_BYTES,
+  which the kernel doubles for its bookkeeping; waitress sends a picture from the flip's own bytes);
 - a running flip copies its body out of waitress, and holds the decoded frame and the transposed
   frames at once (service/imaging.py frees the decoded one before encoding), at most 4 bytes a pixel;
 - the express lane runs one more flip beside each running one, at a fraction of the pixel limits;
@@ -61,7 +62,7 @@ def worst_case(settings: Settings, environ: Mapping[str, str] = os.environ) -> d
     flip = BYTES_A_PIXEL * (settings.max_pixels + settings.max_total_pixels)
     blocks = {
         "requests held: bodies, answers, send buffers":
-            settings.queue * (settings.max_bytes + ANSWER_FACTOR * settings.max_bytes + SEND_BUFFER_BYTES),
+            settings.queue * (settings.max_bytes + ANSWER_FACTOR * settings.max_bytes + 2 * SEND_BUFFER_BYTES),
         "running flips' copies of their bodies": 2 * settings.concurrency * settings.max_bytes,
         "running flips' pixels, decoded and transposed": settings.concurrency * flip,
         "express flips' pixels": settings.concurrency * flip // EXPRESS_FRACTION,

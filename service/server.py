@@ -91,8 +91,8 @@ def build_server(settings: Settings, app):
         max_request_body_size=2 * settings.max_bytes,
         ident="flipfleet",
         # Keep bodies in memory rather than temp files, and read them in 256 KiB steps rather
-        # than 8 KiB ones: together ~10 % of a flip's time (loadtest.overhead). (Answers go out
-        # in IO_CHUNK blocks from the app, in pieces of the socket's send buffer.)
+        # than 8 KiB ones: together ~10 % of a flip's time (loadtest.overhead). (A body of known
+        # length goes to BodyChunks instead of this buffer; a chunked one stays here.)
         inbuf_overflow=2 * settings.max_bytes,
         outbuf_overflow=2 * settings.max_bytes,
         recv_bytes=IO_CHUNK,
