@@ -1,5 +1,6 @@
 """The documentation says what the files say: every setting with its default, and no dead link."""
 
+import json
 import os
 import re
 import subprocess
@@ -8,6 +9,7 @@ import pytest
 
 from harness import ROOT
 from harness.docs import named_in_passing, stack_default
+from loadtest.bench import report
 from loadtest.memory import IMAGE_ENV
 from service import app, memory
 from service.config import Settings
@@ -107,3 +109,22 @@ def test_the_entrypoint_commands_shown_work_from_a_checkout(tmp_path):
                               env={"PATH": os.environ["PATH"]})
         assert done.returncode == 0, (command, done.stderr)
     assert "upstream flips" in (tmp_path / "out.conf").read_text()
+
+
+def test_the_readme_and_api_quote_the_committed_run():
+    summary = json.loads((ROOT / "docs" / "results" / "summary.json").read_text())
+    assert report.headline(summary) in (ROOT / "README.md").read_text()
+    assert report.lossless_cost(summary) in (ROOT / "docs" / "api.md").read_text()
+
+
+def test_the_quotes_are_rewritten_from_a_summary_and_the_prose_around_them_kept(tmp_path):
+    summary = json.loads((ROOT / "docs" / "results" / "summary.json").read_text())
+    (tmp_path / "docs").mkdir()
+    pages = {"README.md": (report.HEADLINE_START, report.HEADLINE_END),
+             "docs/api.md": (report.LOSSLESS_START, report.LOSSLESS_END)}
+    for page, (start, end) in pages.items():
+        (tmp_path / page).write_text(f"prose before\n\n{start}\n\nstale figures\n\n{end}\n\nprose after\n")
+    report.write_quotes(summary, tmp_path)
+    readme, api = ((tmp_path / page).read_text() for page in pages)
+    assert "stale figures" not in readme + api and readme.count("prose") == api.count("prose") == 2
+    assert report.headline(summary) in readme and report.lossless_cost(summary) in api

@@ -1,7 +1,9 @@
-"""A benchmark summary as text (what `python -m loadtest.bench` prints) and as the tables of
-docs/results.md and docs/swarm.md, which are written from summary.json by this command, never by hand:
+"""A benchmark summary as text (what `python -m loadtest.bench` prints), as the tables of
+docs/results.md and docs/swarm.md, and as the figures README.md and docs/api.md quote, which are
+all written from summary.json by this command, never by hand:
 
     python -m loadtest.bench.report [SUMMARY] [--write docs/results.md] [--write-swarm docs/swarm.md]
+                                    [--write-quotes]
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import textwrap
 from pathlib import Path
 
 from harness import ROOT
@@ -17,6 +20,11 @@ START = "<!-- tables: python -m loadtest.bench.report --write docs/results.md; d
 END = "<!-- end of tables -->"
 CAPACITY_START = "<!-- capacity: python -m loadtest.bench.report --write-swarm docs/swarm.md; do not edit by hand -->"
 CAPACITY_END = "<!-- end of capacity -->"
+# The pages that quote the run's headline figures, and where.
+QUOTES_COMMAND = "python -m loadtest.bench.report --write-quotes; do not edit by hand"
+HEADLINE_START, HEADLINE_END = f"<!-- headline: {QUOTES_COMMAND} -->", "<!-- end of headline -->"
+LOSSLESS_START, LOSSLESS_END = f"<!-- lossless cost: {QUOTES_COMMAND} -->", "<!-- end of lossless cost -->"
+QUOTE_WIDTH = 100
 
 
 def text(summary: dict) -> str:
@@ -213,6 +221,44 @@ def _spans_table(summary: dict) -> list[str]:
     return rows
 
 
+def headline(summary: dict) -> str:
+    """README.md's paragraph on the article's experiment: the default stack, the sample flipped
+    losslessly."""
+    block = summary["replicas"][str(summary["default"]["replicas"])]
+    lossless = summary["efficiency"]["lossless"]
+    answered = "all answered" if not block.get("burst_failures") else f"{block['burst_failures']} not answered"
+    return _paragraph(
+        f"The article's experiment on a {summary['machine']['cores']}-core build machine, default stack (a "
+        f"replica per core), the 24 MP sample flipped losslessly: 10 flips sent at once {answered}, the last "
+        f"after {block['burst_last_s']:.2f} s (the article: 40 s on one process, 14 s on its cluster); "
+        f"{block['rps']:.1f} flips/s sustained, {block['rps_fraction_of_ceiling']:.2f} of the floor's rate (the "
+        "bare transform alone on every core) with the load generator on the same cores; a replica spends "
+        f"x{lossless['vs_floor']['web']:.2f} of the floor's CPU on a flip and faults in "
+        f"{lossless['faults_per_flip']} pages. `.venv/bin/python -m loadtest.bench` measures it on yours "
+        "(about 25 minutes; [results.md](docs/results.md)).")
+
+
+def lossless_cost(summary: dict) -> str:
+    """docs/api.md's sentence on what a lossless flip costs a replica."""
+    lossless = summary["efficiency"]["lossless"]
+    against = summary["default"]["against_goals"]
+    return _paragraph(
+        f"On the benchmark's default stack a replica spends {lossless['cpu_s_per_flip']['web'] * 1000:.1f} ms of "
+        f"CPU on a lossless flip of the sample, x{against['lossless_vs_reencoded']:.2f} of a re-encoding and "
+        f"x{lossless['vs_floor']['web']:.2f} of TurboJPEG's bare transform at its floor, faulting in "
+        f"{lossless['faults_per_flip']} pages ([results.md](results.md#the-benchmark)).")
+
+
+def _paragraph(text: str) -> str:
+    return textwrap.fill(text, QUOTE_WIDTH, break_long_words=False, break_on_hyphens=False)
+
+
+def write_quotes(summary: dict, root: Path = ROOT) -> None:
+    """The figures README.md and docs/api.md quote, from `summary`."""
+    write(summary, root / "README.md", HEADLINE_START, HEADLINE_END, headline)
+    write(summary, root / "docs" / "api.md", LOSSLESS_START, LOSSLESS_END, lossless_cost)
+
+
 def write(summary: dict, target: Path, start: str = START, end: str = END, render=None) -> None:
     """Replace the tables between the markers of `target` with those of `summary`."""
     page = target.read_text()
@@ -228,13 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("summary", nargs="?", default=str(ROOT / "docs" / "results" / "summary.json"))
     parser.add_argument("--write", metavar="PAGE", help="replace the tables in this Markdown page")
     parser.add_argument("--write-swarm", metavar="PAGE", help="replace the capacity table in this page")
+    parser.add_argument("--write-quotes", action="store_true",
+                        help="replace the figures README.md and docs/api.md quote from the run")
     args = parser.parse_args(argv)
     summary = json.loads(Path(args.summary).read_text())
     if args.write:
         write(summary, Path(args.write))
     if args.write_swarm:
         write(summary, Path(args.write_swarm), CAPACITY_START, CAPACITY_END, capacity)
-    if not args.write and not args.write_swarm:
+    if args.write_quotes:
+        write_quotes(summary)
+    if not (args.write or args.write_swarm or args.write_quotes):
         print(markdown(summary))
     return 0
 
