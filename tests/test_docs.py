@@ -111,14 +111,19 @@ def test_the_entrypoint_commands_shown_work_from_a_checkout(tmp_path):
     assert "upstream flips" in (tmp_path / "out.conf").read_text()
 
 
+def committed_summary() -> dict:
+    """The benchmark run docs/results.md, README.md and docs/api.md are written from."""
+    return json.loads((ROOT / "docs" / "results" / "summary.json").read_text())
+
+
 def test_the_readme_and_api_quote_the_committed_run():
-    summary = json.loads((ROOT / "docs" / "results" / "summary.json").read_text())
+    summary = committed_summary()
     assert report.headline(summary) in (ROOT / "README.md").read_text()
     assert report.lossless_cost(summary) in (ROOT / "docs" / "api.md").read_text()
 
 
 def test_the_quotes_are_rewritten_from_a_summary_and_the_prose_around_them_kept(tmp_path):
-    summary = json.loads((ROOT / "docs" / "results" / "summary.json").read_text())
+    summary = committed_summary()
     (tmp_path / "docs").mkdir()
     pages = {"README.md": (report.HEADLINE_START, report.HEADLINE_END),
              "docs/api.md": (report.LOSSLESS_START, report.LOSSLESS_END)}

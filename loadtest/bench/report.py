@@ -166,12 +166,12 @@ def _efficiency_table(summary: dict) -> list[str]:
             rows.append(f"| {names[goal]} | {sense} {default['goals'][goal]} | {value} | "
                         f"{'yes' if default['meets'][goal] else 'no'} |")
     # The floor's rate is the faster path's, so the ratio to scale it by is that path's too.
-    best = min(found.values(), key=lambda e: e["alone_cpu_s_per_flip"])
-    share = best["cpu_s_per_flip"].get("nginx", 0) / max(best["cpu_s_per_flip"].get("web", 1e-9), 1e-9)
+    fastest = min(found.values(), key=lambda e: e["alone_cpu_s_per_flip"])
+    share = fastest["cpu_s_per_flip"].get("nginx", 0) / max(fastest["cpu_s_per_flip"].get("web", 1e-9), 1e-9)
     rows += ["", f"On a machine of N cores with the load generator elsewhere, expect about (N - nginx's share) x "
                  f"the floor's rate x the floor over a replica's CPU: nginx takes {share:.1%} of a replica's CPU per "
                  f"flip here, so 16 cores give about {16 / (1 + share):.1f} cores' worth of flips, each at "
-                 f"x{best['vs_floor'].get('web', 0):.2f} of the floor's CPU."]
+                 f"x{fastest['vs_floor'].get('web', 0):.2f} of the floor's CPU."]
     return rows
 
 
