@@ -4,6 +4,10 @@ ARG PYTHON_IMAGE=python:3.13-slim
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# A C compiler for the JPEG scan walk (service/formats/jpeg_scan.c); only this stage has it.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 # A virtualenv copies cleanly into the final stage, without pip's build leftovers.
 RUN python -m venv /opt/venv
 COPY requirements.lock /tmp/requirements.lock
@@ -11,6 +15,9 @@ COPY requirements.lock /tmp/requirements.lock
 # package, direct or not, with the hashes of its files: a tampered download fails the build.
 RUN /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
     && /opt/venv/bin/pip uninstall --yes pip
+COPY scripts/build-native.sh service/formats/jpeg_scan.c /build/
+RUN bash /build/build-native.sh /build/jpeg_scan.c /build/jpeg_scan.so \
+    && test -f /build/jpeg_scan.so
 
 FROM ${PYTHON_IMAGE}
 # TurboJPEG for lossless JPEG flips (service/formats/jpeg_lossless.py, through ctypes), and jemalloc, the
@@ -40,6 +47,7 @@ RUN groupadd --system --gid 10001 flipfleet \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv/flipfleet
 COPY service/ service/
+COPY --from=build /build/jpeg_scan.so service/formats/
 # Bake the sample photo in, so that no replica spends start-up time making it.
 RUN python -m service.sample "$FLIP_SAMPLE_PATH"
 # What /healthz and X-Flipfleet-Version report (empty: "dev"). Last, so that a new version

@@ -1,16 +1,86 @@
 """A JPEG's markers (service/formats/jpeg_markers.py), read without decoding: its segments, scans, precision
 and the fewest bytes its frame can be; pictures refused for them before they are read."""
 
+import os
+import random
+import subprocess
 import time
 from dataclasses import replace
 
 import pytest
 from PIL import Image
 
+from harness import ROOT
+from harness.compose import run
 from service import imaging
 from service.formats import jpeg, jpeg_markers
 from tests.crafted_jpeg import many_scans_jpeg
 from tests.pictures import encode, jpeg_declaring, jpeg_of_precision, jpeg_padded, photo
+
+
+@pytest.fixture(scope="module")
+def native_scan_end(tmp_path_factory):
+    """jpeg_scan.c built afresh by scripts/build-native.sh; a skip without a C compiler (a failure under CI)."""
+    library = tmp_path_factory.mktemp("native") / "jpeg_scan.so"
+    source = ROOT / "service" / "formats" / "jpeg_scan.c"
+    subprocess.run(["bash", str(ROOT / "scripts" / "build-native.sh"), str(source), str(library)], check=True)
+    function = jpeg_markers.load_native_scan_end(library)
+    if function is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must test the JPEG scan walk in C: no C compiler built it")
+        pytest.skip("no C compiler to build service/formats/jpeg_scan.c (apt-get install gcc)")
+    return function
+
+
+@pytest.fixture(params=["python", "c"])
+def walk(request, monkeypatch):
+    """The scan walk in Python (the regex) or in C (jpeg_scan.c), whichever this module would load."""
+    native = request.getfixturevalue("native_scan_end") if request.param == "c" else None
+    monkeypatch.setattr(jpeg_markers, "_native_scan_end", native)
+    return request.param
+
+
+@pytest.mark.parametrize(("data", "start", "end"), [
+    (b"\x11\x22\xff\xd9", 0, 2),
+    (b"\xff\x00\xff\xd9", 0, 2),  # stuffing
+    (b"\xff\xd0\x12\xff\xd7\xff\xd9", 0, 5),  # restart markers
+    (b"\xff\xff\xff\xd9", 0, 2),  # fill: the marker is the last 0xFF's
+    (b"\xff\xcf\xff\xd9", 0, 0),  # just below the restart markers
+    (b"\xff\xd8", 0, 0),  # just above them
+    (b"\xff\x01", 0, 0),  # TEM
+    (b"\xff\xda\x00\xff\xc4", 1, 3),  # from `start`
+    (b"\x00\xff", 0, None),  # a last 0xFF has no marker after it
+    (b"\xff\x00\xff\xff", 0, None),
+    (b"no marker", 0, None),
+    (b"", 0, None),
+    (b"\xff\xd9", 2, None),  # at the end
+    (b"\xff\xd9", 5, None),  # past it
+])
+def test_a_scan_ends_at_its_first_marker_that_is_not_a_restart(walk, data, start, end):
+    assert jpeg_markers.scan_end(data, start) == end
+
+
+def test_the_walk_in_c_finds_what_the_regex_finds(native_scan_end, monkeypatch):
+    # Bytes mostly of the kinds that matter (0xFF, stuffing, the edges of the restart markers).
+    rng = random.Random(7)
+    alphabet = [0xFF] * 6 + [0x00, 0xD0, 0xD7, 0xCF, 0xD8, 0x01, 0xD9]
+    cases = []
+    for _ in range(3_000):
+        data = bytes(rng.choice(alphabet) if rng.random() < 0.8 else rng.randrange(256)
+                     for _ in range(rng.randrange(12)))
+        cases.append((data, rng.randrange(len(data) + 2)))
+    monkeypatch.setattr(jpeg_markers, "_native_scan_end", None)
+    by_regex = [jpeg_markers.scan_end(data, start) for data, start in cases]
+    monkeypatch.setattr(jpeg_markers, "_native_scan_end", native_scan_end)
+    assert [jpeg_markers.scan_end(data, start) for data, start in cases] == by_regex
+    assert by_regex.count(None) not in (0, len(cases))  # both kinds of answer were asked for
+
+
+@pytest.mark.docker
+def test_the_web_image_walks_scans_in_c(docker_images):
+    loaded = run(["docker", "run", "--rm", "flipfleet-web:latest", "python", "-c",
+                  "from service.formats import jpeg_markers; print(jpeg_markers.load_native_scan_end() is not None)"])
+    assert loaded.stdout.strip() == "True", loaded.stderr
 
 
 @pytest.mark.parametrize(
@@ -19,18 +89,18 @@ from tests.pictures import encode, jpeg_declaring, jpeg_of_precision, jpeg_padde
      ({"restart_marker_blocks": 1}, "RGB", 1), ({"restart_marker_rows": 1, "progressive": True}, "RGB", 10)],
     ids=["baseline", "progressive", "progressive-grey", "restart-markers", "progressive-restarts"],
 )
-def test_scans_of_what_pillow_writes(params, mode, scans):
+def test_scans_of_what_pillow_writes(walk, params, mode, scans):
     assert jpeg_markers.scans(encode(photo((160, 120), mode), "JPEG", **params), stop_after=1000) == scans
 
 
-def test_a_crafted_many_scan_jpeg_is_counted_and_counting_stops_past_the_bound():
+def test_a_crafted_many_scan_jpeg_is_counted_and_counting_stops_past_the_bound(walk):
     data = many_scans_jpeg((64, 48), scans=500)
     assert jpeg_markers.scans(data, stop_after=10_000) == 501
     assert jpeg_markers.scans(data, stop_after=100) == 101
 
 
 @pytest.mark.parametrize("junk", [b"\x00\x00", b"\x12", b"\xff\x00ab", b"\x00" * 1000])
-def test_bytes_where_no_marker_belongs_are_skipped_as_the_decoder_skips_them(junk):
+def test_bytes_where_no_marker_belongs_are_skipped_as_the_decoder_skips_them(walk, junk):
     # libjpeg warns about them and decodes every scan that follows: the count must not stop there.
     # (After a segment: after a scan, they would pass for its entropy-coded data.)
     data = many_scans_jpeg((64, 48), scans=500)
@@ -41,7 +111,7 @@ def test_bytes_where_no_marker_belongs_are_skipped_as_the_decoder_skips_them(jun
     assert jpeg_markers.scans(data, stop_after=10_000) == 501
 
 
-def test_an_mpo_counts_its_main_picture_only():
+def test_an_mpo_counts_its_main_picture_only(walk):
     data = encode(photo((120, 90)), "MPO", save_all=True, append_images=[photo((60, 45))], progressive=True)
     assert jpeg_markers.scans(data, stop_after=1000) == 10
 

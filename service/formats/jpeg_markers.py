@@ -2,13 +2,17 @@
 and how many scans it has.
 
 A progressive JPEG may hold any number of scans, and a decoder walks every block of the picture
-for each: thousands of tiny scans make a small file cost minutes. Counting them is cheap.
+for each: thousands of tiny scans make a small file cost minutes. Counting them is cheap: the walk
+through a scan's entropy-coded data is C (jpeg_scan.c, built by scripts/build-native.sh) where it
+is built, as in the web image, and a regex with the same answers where it is not.
 """
 
 from __future__ import annotations
 
+import ctypes
 import re
 import sys
+from pathlib import Path
 from typing import NamedTuple
 
 SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
@@ -23,6 +27,30 @@ _AFTER_SCAN = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
 # The next marker after bytes where none belongs, found as libjpeg finds it: it skips them with a
 # warning ("extraneous bytes before marker") and reads on, so the count must too.
 _NEXT_MARKER = re.compile(rb"\xff+(?=[^\x00\xff])")
+NATIVE_LIBRARY = Path(__file__).with_name("jpeg_scan.so")
+
+
+def load_native_scan_end(library: Path = NATIVE_LIBRARY):
+    """jpeg_scan.c's flipfleet_scan_end from `library`, or None when it is not built."""
+    try:
+        function = ctypes.CDLL(str(library)).flipfleet_scan_end
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t), ctypes.c_long
+    return function
+
+
+_native_scan_end = load_native_scan_end()
+
+
+def scan_end(data: bytes, start: int) -> int | None:
+    """Where the entropy-coded data from `start` ends: its first 0xFF that is not stuffing (0x00),
+    a restart marker or fill; None when no marker follows."""
+    if _native_scan_end is not None and type(data) is bytes and 0 <= start:
+        found = _native_scan_end(data, start, len(data))
+        return None if found < 0 else found
+    after = _AFTER_SCAN.search(data, start)
+    return None if after is None else after.start()
 
 
 def segments(data: bytes):
@@ -154,8 +182,7 @@ def _walk(data: bytes, skip_stray_bytes: bool):
         end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
         yield marker, position, end
         if marker == SOS:
-            after = _AFTER_SCAN.search(data, end)
-            if after is None:
+            end = scan_end(data, end)
+            if end is None:
                 return
-            end = after.start()
         position = end
