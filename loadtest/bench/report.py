@@ -236,7 +236,7 @@ def headline(summary: dict) -> str:
         "bare transform alone on every core) with the load generator on the same cores; a replica spends "
         f"x{lossless['vs_floor']['web']:.2f} of the floor's CPU on a flip and faults in "
         f"{lossless['faults_per_flip']} pages. `.venv/bin/python -m loadtest.bench` measures it on yours "
-        "(about 25 minutes; [results.md](docs/results.md)).")
+        "(about 20 minutes; [results.md](docs/results.md)).")
 
 
 def lossless_cost(summary: dict) -> str:
